@@ -1,0 +1,200 @@
+"""Artifact types: what flows between components.
+
+Each type keeps TFX's name and properties, so an MLMD store written by Conveyor
+reads like one written by TFX. Each class documents the files under its URI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, ClassVar
+
+__all__ = [
+    "Artifact",
+    "Examples",
+    "ExampleStatistics",
+    "Schema",
+    "ExampleAnomalies",
+    "TransformGraph",
+    "TransformCache",
+    "Model",
+    "ModelRun",
+    "ModelEvaluation",
+    "ModelBlessing",
+    "PushedModel",
+    "ARTIFACT_TYPES",
+    "split_uri",
+]
+
+# Property kinds MLMD can hold.
+INT, STRING, DOUBLE = int, str, float
+
+
+class Artifact:
+    """A typed file or directory under `uri`, recorded in MLMD.
+
+    `properties` are the typed fields of the type (declared in PROPERTIES);
+    `custom_properties` are free-form extras.
+    """
+
+    TYPE_NAME: ClassVar[str] = "Artifact"
+    PROPERTIES: ClassVar[dict[str, type]] = {}
+
+    def __init__(
+        self,
+        uri: str = "",
+        *,
+        id: int | None = None,  # noqa: A002 - MLMD's own name
+        properties: dict[str, Any] | None = None,
+        custom_properties: dict[str, Any] | None = None,
+    ) -> None:
+        self.uri = uri
+        self.id = id
+        self.properties: dict[str, Any] = {}
+        self.custom_properties: dict[str, Any] = dict(custom_properties or {})
+        for key, value in (properties or {}).items():
+            self.set(key, value)
+
+    def set(self, key: str, value: Any) -> None:
+        if key not in self.PROPERTIES:
+            raise KeyError(
+                f"{self.TYPE_NAME} has no property {key!r}; its properties are "
+                f"{sorted(self.PROPERTIES)}. Use custom_properties for extras."
+            )
+        self.properties[key] = self.PROPERTIES[key](value)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in self.properties:
+            return self.properties[key]
+        return self.custom_properties.get(key, default)
+
+    def __repr__(self) -> str:
+        return f"{self.TYPE_NAME}(id={self.id}, uri={self.uri!r})"
+
+
+class _SplitsMixin:
+    """Types that hold one sub-directory per split, named `Split-<name>`."""
+
+    PROPERTIES: ClassVar[dict[str, type]]
+
+    @property
+    def splits(self) -> list[str]:
+        raw = self.properties.get("split_names")  # type: ignore[attr-defined]
+        return json.loads(raw) if raw else []
+
+    @splits.setter
+    def splits(self, names: list[str]) -> None:
+        self.properties["split_names"] = json.dumps(list(names))  # type: ignore[attr-defined]
+
+
+def split_uri(artifact: Artifact, split: str) -> str:
+    """The directory of one split of a split artifact, as TFX lays it out."""
+    return os.path.join(artifact.uri, f"Split-{split}")
+
+
+class Examples(_SplitsMixin, Artifact):
+    """Rows of data, one directory per split.
+
+    Files: `Split-<name>/data-NNNNN-of-NNNNN.<ext>`. The custom property
+    `file_format` says which: `parquet` (the default, fastest to decode) or
+    `tfrecords_gzip` (gzipped TFRecord of tf.Example, for interoperability).
+    """
+
+    TYPE_NAME = "Examples"
+    PROPERTIES = {"span": INT, "version": INT, "split_names": STRING}
+
+
+class ExampleStatistics(_SplitsMixin, Artifact):
+    """TFDV statistics. Files: `Split-<name>/FeatureStats.pb`
+    (a binary DatasetFeatureStatisticsList)."""
+
+    TYPE_NAME = "ExampleStatistics"
+    PROPERTIES = {"span": INT, "split_names": STRING}
+
+
+class Schema(Artifact):
+    """A tensorflow_metadata Schema. Files: `schema.pbtxt` (text format)."""
+
+    TYPE_NAME = "Schema"
+
+
+class ExampleAnomalies(_SplitsMixin, Artifact):
+    """TFDV anomalies against a schema. Files: `Split-<name>/SchemaDiff.pb`
+    (a binary Anomalies proto)."""
+
+    TYPE_NAME = "ExampleAnomalies"
+    PROPERTIES = {"span": INT, "split_names": STRING}
+
+
+class TransformGraph(Artifact):
+    """A tf.Transform output. Files: `transform_fn/` (SavedModel),
+    `transformed_metadata/schema.pbtxt`, readable with
+    `tft.TFTransformOutput(uri)`."""
+
+    TYPE_NAME = "TransformGraph"
+
+
+class TransformCache(Artifact):
+    """The tf.Transform analyzer cache, reused by the next run's Transform.
+    Files: tf.Transform's own cache layout (one directory per dataset key)."""
+
+    TYPE_NAME = "TransformCache"
+
+
+class Model(Artifact):
+    """A trained model. Files: `Format-Serving/` (a SavedModel that takes
+    serialized tf.Example rows, the Transform graph included)."""
+
+    TYPE_NAME = "Model"
+
+
+class ModelRun(Artifact):
+    """What a training run leaves besides the model: logs and TensorBoard
+    event files, anywhere under the URI."""
+
+    TYPE_NAME = "ModelRun"
+
+
+class ModelEvaluation(Artifact):
+    """A TFMA evaluation. Files: TFMA's output (`metrics-*`, `plots-*`,
+    `validations-*`, `eval_config.json`), readable with
+    `tfma.load_eval_result(uri)`."""
+
+    TYPE_NAME = "ModelEvaluation"
+
+
+class ModelBlessing(Artifact):
+    """The Evaluator's verdict. Files: an empty `BLESSED` or `NOT_BLESSED`.
+    Property `blessed` is 1 or 0; custom properties `current_model_id` and
+    `baseline_model_id` name the models compared."""
+
+    TYPE_NAME = "ModelBlessing"
+    PROPERTIES = {"blessed": INT}
+
+
+class PushedModel(Artifact):
+    """A model pushed to serving. The URI holds nothing; the model itself is at
+    `pushed_destination` (`<base_directory>/<pushed_version>/`). Property
+    `pushed` is 1 when the model was pushed, 0 when it was not blessed."""
+
+    TYPE_NAME = "PushedModel"
+    PROPERTIES = {"pushed": INT, "pushed_destination": STRING, "pushed_version": STRING}
+
+
+ARTIFACT_TYPES: dict[str, type[Artifact]] = {
+    cls.TYPE_NAME: cls
+    for cls in (
+        Examples,
+        ExampleStatistics,
+        Schema,
+        ExampleAnomalies,
+        TransformGraph,
+        TransformCache,
+        Model,
+        ModelRun,
+        ModelEvaluation,
+        ModelBlessing,
+        PushedModel,
+    )
+}

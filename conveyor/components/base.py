@@ -1,0 +1,176 @@
+"""What every executor gets besides its artifacts and parameters, and helpers
+executors share: Beam pipelines from the user's args and user code loading.
+
+An executor is a plain function
+
+    def run(inputs: dict[str, list[Artifact]], outputs: dict[str, list[Artifact]],
+            params: <the component's Params dataclass>, ctx: ExecutionContext) -> None
+
+It writes its files under each output artifact's `uri` (the directory exists)
+and may set their properties. It raises ExecutorError for bad input, before
+writing anything. It never talks to MLMD or the orchestrator.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+from conveyor.errors import ExecutorError
+
+__all__ = [
+    "ExecutionContext",
+    "load_user_function",
+    "user_code_files",
+    "fingerprint_files",
+]
+
+
+@dataclasses.dataclass
+class ExecutionContext:
+    """Run-time facts an executor may need."""
+
+    component_id: str
+    pipeline_name: str = "adhoc"
+    pipeline_root: str = ""
+    execution_id: int = 0
+    beam_pipeline_args: list[str] = dataclasses.field(default_factory=list)
+    tmp_dir: str = ""
+    # Filled by the orchestrator for components that need MLMD-derived facts
+    # (e.g. the id of the candidate model); executors treat it as read-only.
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def beam_pipeline(self) -> Any:
+        """A Beam pipeline on the user's runner; the in-memory DirectRunner by
+        default. Flags Conveyor does not know pass through untouched."""
+        import apache_beam as beam
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        args = list(self.beam_pipeline_args)
+        # Workers of a multi-process or remote runner import our DoFns from the
+        # installed package; they must not depend on the parent's memory.
+        return beam.Pipeline(options=PipelineOptions(args))
+
+    def error(self, message: str) -> ExecutorError:
+        return ExecutorError(f"{self.component_id}: {message}")
+
+
+def _load_module_file(path: str, component_id: str) -> ModuleType:
+    if not os.path.isfile(path):
+        raise ExecutorError(
+            f"{component_id}: module file {path!r} does not exist. Pass module_file= the path of a "
+            f"Python file, or an import path 'package.module.function'."
+        )
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    try:
+        compile(source, path, "exec")
+    except SyntaxError as e:
+        raise ExecutorError(
+            f"{component_id}: module file {path} has a syntax error at line {e.lineno}: {e.msg}. "
+            f"Fix the file and run again."
+        ) from e
+    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    name = f"conveyor_user_{os.path.splitext(os.path.basename(path))[0]}_{digest}"
+    if name in sys.modules:
+        return sys.modules[name]
+    directory = os.path.dirname(os.path.abspath(path))
+    # The module's own directory is importable, so it can import its siblings.
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[name]
+        raise ExecutorError(
+            f"{component_id}: importing module file {path} failed: {type(e).__name__}: {e}"
+        ) from e
+    return module
+
+
+def load_user_function(
+    component_id: str, function_name: str, module_file: str | None = None, import_path: str | None = None
+) -> Any:
+    """The user's function `function_name` from a module file, or the function
+    named by an import path 'package.module.function'."""
+    if module_file:
+        module = _load_module_file(module_file, component_id)
+        where = f"module file {module_file}"
+    elif import_path:
+        mod_name, _, attr = import_path.rpartition(".")
+        try:
+            module = importlib.import_module(mod_name)
+        except ImportError as e:
+            raise ExecutorError(
+                f"{component_id}: cannot import {mod_name!r} from {import_path!r}: {e}"
+            ) from e
+        function_name = attr
+        where = f"module {mod_name}"
+    else:
+        raise ExecutorError(f"{component_id}: give module_file= or a function import path.")
+    fn = getattr(module, function_name, None)
+    if not callable(fn):
+        names = [n for n in dir(module) if callable(getattr(module, n)) and not n.startswith("_")]
+        from conveyor.errors import closest
+
+        raise ExecutorError(
+            f"{component_id}: {where} has no function {function_name!r}."
+            f"{closest(function_name, names)} Define `def {function_name}(...)` in it."
+        )
+    return fn
+
+
+def user_code_files(module_file: str) -> list[str]:
+    """The module file and the local modules it imports (recursively): the
+    files whose content goes into a component's cache key."""
+    found: list[str] = []
+    pending = [os.path.abspath(module_file)]
+    while pending:
+        path = pending.pop()
+        if path in found or not os.path.isfile(path):
+            continue
+        found.append(path)
+        directory = os.path.dirname(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read(), path)
+        except (SyntaxError, UnicodeDecodeError):
+            continue  # The executor reports it with file and line.
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level:
+                base = node.module or ""
+                names = [base] if base else [a.name for a in node.names]
+            for name in names:
+                rel = name.replace(".", os.sep)
+                for candidate in (rel + ".py", os.path.join(rel, "__init__.py")):
+                    full = os.path.join(directory, candidate)
+                    if os.path.isfile(full):
+                        pending.append(full)
+    return sorted(found)
+
+
+def fingerprint_files(paths: Sequence[str]) -> str:
+    """sha256 over the names and contents of files."""
+    h = hashlib.sha256()
+    for path in sorted(paths):
+        h.update(os.path.basename(path).encode())
+        with open(path, "rb") as f:
+            h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()

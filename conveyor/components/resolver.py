@@ -1,0 +1,131 @@
+"""Resolver and Importer nodes: their outputs come from MLMD (or an external
+file), not from an executor. The orchestrator calls `resolve` in its own
+thread and records the node as an execution linking the artifacts it chose."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from conveyor.artifacts import ARTIFACT_TYPES, Artifact, Model, ModelBlessing
+from conveyor.errors import ExecutorError, PipelineDefinitionError, closest
+from conveyor.pipeline.dsl import Component, Input
+
+__all__ = ["Resolver", "LatestBlessedModel", "LatestArtifact", "Importer"]
+
+
+class Resolver(Component):
+    """Base of nodes answered from MLMD. `md` is a conveyor.metadata.Metadata
+    and `pipeline_context` the MLMD context of this pipeline."""
+
+    KIND = "resolver"
+
+    def resolve(self, md: Any, inputs: dict[str, list[Artifact]], pipeline_context: Any) -> dict[str, list[Artifact]]:
+        raise NotImplementedError
+
+
+class LatestBlessedModel(Resolver):
+    """The newest model this pipeline's Evaluator blessed, as the baseline for
+    the next evaluation; empty when there is none yet.
+
+    `candidate` is the model about to be evaluated: it is never its own
+    baseline (comparing a model with itself says nothing), which also keeps a
+    re-run with nothing changed fully cached.
+    """
+
+    INPUTS = {"candidate": Input(Model, optional=True)}
+    OUTPUTS = {"model": Model}
+
+    def resolve(self, md: Any, inputs: dict[str, list[Artifact]], pipeline_context: Any) -> dict[str, list[Artifact]]:
+        exclude = {a.id for a in inputs.get("candidate", [])}
+        blessings = md.artifacts_of_type(ModelBlessing, pipeline_context.id)
+        for blessing in sorted(blessings, key=lambda a: a.id or 0, reverse=True):
+            model_id = blessing.custom_properties.get("current_model_id")
+            if blessing.get("blessed") != 1 or model_id is None or model_id in exclude:
+                continue
+            models = md.artifacts_by_id([int(model_id)])
+            if models:
+                return {"model": models}
+        return {"model": []}
+
+
+@dataclasses.dataclass(frozen=True)
+class LatestArtifactParams:
+    artifact_type: str
+    # Only artifacts output by this node id; any node of the pipeline when empty.
+    producer: str = ""
+
+
+class LatestArtifact(Resolver):
+    """The newest LIVE artifact of `artifact_type` in this pipeline (from the
+    node `producer` when given), e.g. Transform's analyzer cache of the last
+    run; empty when there is none."""
+
+    Params = LatestArtifactParams
+
+    def check(self) -> None:
+        if self.params.artifact_type not in ARTIFACT_TYPES:
+            raise PipelineDefinitionError(
+                f"LatestArtifact {self.id!r}: unknown artifact_type {self.params.artifact_type!r}."
+                f"{closest(self.params.artifact_type, ARTIFACT_TYPES)} Known: {sorted(ARTIFACT_TYPES)}."
+            )
+
+    def output_types(self) -> dict[str, type[Artifact]]:
+        return {"artifact": ARTIFACT_TYPES[self.params.artifact_type]}
+
+    def resolve(self, md: Any, inputs: dict[str, list[Artifact]], pipeline_context: Any) -> dict[str, list[Artifact]]:
+        cls = ARTIFACT_TYPES[self.params.artifact_type]
+        candidates = md.artifacts_of_type(cls, pipeline_context.id)
+        if self.params.producer:
+            node = md.find_context("node", f"{pipeline_context.name}.{self.params.producer}")
+            if node is None:
+                return {"artifact": []}
+            in_node = {a.id for a in md.artifacts_of_type(cls, node.id)}
+            candidates = [a for a in candidates if a.id in in_node]
+        candidates = [a for a in candidates if os.path.exists(a.uri)]
+        newest = max(candidates, key=lambda a: a.id or 0, default=None)
+        return {"artifact": [newest] if newest else []}
+
+
+@dataclasses.dataclass(frozen=True)
+class ImporterParams:
+    source_uri: str
+    artifact_type: str
+    # False: an artifact already imported from this uri is reused (keeps
+    # downstream nodes cached); True: a new artifact every run.
+    reimport: bool = False
+    properties: dict[str, Any] = dataclasses.field(default_factory=dict)
+    custom_properties: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Importer(Resolver):
+    """Brings an external file or directory in as a typed artifact (output
+    `result`), e.g. a hand-curated schema or a pre-trained model."""
+
+    Params = ImporterParams
+
+    def check(self) -> None:
+        if self.params.artifact_type not in ARTIFACT_TYPES:
+            raise PipelineDefinitionError(
+                f"Importer {self.id!r}: unknown artifact_type {self.params.artifact_type!r}."
+                f"{closest(self.params.artifact_type, ARTIFACT_TYPES)} Known: {sorted(ARTIFACT_TYPES)}."
+            )
+
+    def output_types(self) -> dict[str, type[Artifact]]:
+        return {"result": ARTIFACT_TYPES[self.params.artifact_type]}
+
+    def resolve(self, md: Any, inputs: dict[str, list[Artifact]], pipeline_context: Any) -> dict[str, list[Artifact]]:
+        uri = os.path.abspath(self.params.source_uri)
+        if not os.path.exists(uri):
+            raise ExecutorError(
+                f"{self.id}: source_uri {uri!r} does not exist. Importer expects an existing file or "
+                f"directory to record as a {self.params.artifact_type}; fix the path."
+            )
+        cls = ARTIFACT_TYPES[self.params.artifact_type]
+        if not self.params.reimport:
+            same = [a for a in md.artifacts_of_type(cls) if a.uri == uri]
+            if same:
+                return {"result": [max(same, key=lambda a: a.id or 0)]}
+        art = cls(uri, properties=self.params.properties, custom_properties=self.params.custom_properties)
+        return {"result": [art]}

@@ -1,0 +1,79 @@
+"""Lineage: which data, schema, code and parameters produced an artifact.
+
+Walks MLMD backwards from an artifact: the execution that produced it, that
+execution's inputs, their producers, and so on down to ExampleGen, whose
+`input_base` names the raw data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from conveyor.artifacts import Artifact
+from conveyor.metadata.store import CACHE_KEY_PARTS, COMPONENT_ID, Metadata, _get_value
+
+__all__ = ["LineageStep", "upstream", "format_lineage", "find_artifact_by_property"]
+
+_HIDDEN = {CACHE_KEY_PARTS, "__cache_key__", "__rerun_reason__"}
+
+
+@dataclasses.dataclass
+class LineageStep:
+    """One execution on the way back from an artifact."""
+
+    artifact: Artifact
+    execution_id: int | None
+    component_id: str = ""
+    component_type: str = ""
+    parameters: dict[str, Any] = dataclasses.field(default_factory=dict)
+    code: dict[str, str] = dataclasses.field(default_factory=dict)
+    inputs: dict[str, list[LineageStep]] = dataclasses.field(default_factory=dict)
+
+
+def upstream(md: Metadata, artifact_id: int, _seen: dict[int, LineageStep] | None = None) -> LineageStep:
+    """The lineage tree of an artifact (shared sub-trees are the same object)."""
+    seen = {} if _seen is None else _seen
+    if artifact_id in seen:
+        return seen[artifact_id]
+    [artifact] = md.artifacts_by_id([artifact_id])
+    execution_id = md.producer_of(artifact_id)
+    step = LineageStep(artifact, execution_id)
+    seen[artifact_id] = step
+    if execution_id is None:
+        return step
+    e = md.execution(execution_id)
+    step.component_type = md.execution_type_name(e)
+    props = {k: _get_value(v) for k, v in e.custom_properties.items()}
+    step.component_id = str(props.pop(COMPONENT_ID, ""))
+    parts = json.loads(props.get(CACHE_KEY_PARTS) or "{}")
+    step.code = {k.split(":", 1)[1]: v for k, v in parts.items() if k.startswith("code:")}
+    step.parameters = {k: v for k, v in props.items() if k not in _HIDDEN and not k.startswith("__")}
+    for key, arts in md.io_of(execution_id, "INPUT").items():
+        step.inputs[key] = [upstream(md, a.id, seen) for a in arts if a.id is not None]
+    return step
+
+
+def format_lineage(step: LineageStep, indent: str = "") -> str:
+    a = step.artifact
+    lines = [f"{indent}{a.TYPE_NAME} #{a.id}  {a.uri}"]
+    if step.execution_id is not None:
+        lines.append(f"{indent}  <- {step.component_id} ({step.component_type.rsplit('.', 1)[-1]}), "
+                     f"execution #{step.execution_id}")
+        for k, v in sorted(step.parameters.items()):
+            if v not in (None, "", "[]", "{}", "null"):
+                lines.append(f"{indent}     {k} = {v}")
+        for f, digest in sorted(step.code.items()):
+            lines.append(f"{indent}     code {f} sha256:{digest[:12]}")
+        for key, children in step.inputs.items():
+            for child in children:
+                lines.append(f"{indent}     [{key}]")
+                lines.append(format_lineage(child, indent + "       "))
+    return "\n".join(lines)
+
+
+def find_artifact_by_property(md: Metadata, type_cls: type[Artifact], name: str, value: Any) -> Artifact | None:
+    """The newest artifact of a type whose property `name` equals `value`."""
+    matches = [a for a in md.artifacts_of_type(type_cls) if a.get(name) == value]
+    return max(matches, key=lambda a: a.id or 0, default=None)

@@ -1,0 +1,279 @@
+"""ML Metadata recording, laid out as TFX lays it out so TFX's tools and
+users' queries work on a Conveyor store.
+
+- Context types `pipeline`, `pipeline_run`, `node` (named `<pipeline>.<node>`).
+- One execution type per component type, executions RUNNING → COMPLETE /
+  CACHED / FAILED, parameters as custom properties under their own names.
+- INPUT / OUTPUT events whose path is `[<key>, <index>]`.
+- An output artifact is put into MLMD, LIVE, only when its executor succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from conveyor.artifacts import ARTIFACT_TYPES, Artifact
+
+__all__ = ["Metadata", "STATES"]
+
+# Execution custom properties Conveyor itself writes.
+CACHE_KEY = "__cache_key__"
+CACHE_KEY_PARTS = "__cache_key_parts__"
+ERROR = "__error__"
+COMPONENT_ID = "__component_id__"
+RERUN_REASON = "__rerun_reason__"
+
+STATES = ("NEW", "RUNNING", "COMPLETE", "FAILED", "CACHED", "CANCELED")
+
+
+def _pb() -> Any:
+    from ml_metadata.proto import metadata_store_pb2
+
+    return metadata_store_pb2
+
+
+class Metadata:
+    """A connection to an MLMD store (a SQLite file by default).
+
+    All calls are serialized with a lock: the orchestrator's worker threads
+    never call MLMD, but user code such as a CLI in another thread may.
+    """
+
+    def __init__(self, path: str | None = None, *, connection_config: Any = None) -> None:
+        from ml_metadata.metadata_store import metadata_store
+
+        pb = _pb()
+        if connection_config is None:
+            if not path:
+                raise ValueError("Metadata needs a SQLite path or a connection_config")
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            connection_config = pb.ConnectionConfig()
+            connection_config.sqlite.filename_uri = os.path.abspath(path)
+            connection_config.sqlite.connection_mode = pb.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+        self.path = path
+        self.store = metadata_store.MetadataStore(connection_config)
+        self._lock = threading.RLock()
+        self._type_ids: dict[tuple[str, str], int] = {}
+
+    # -- types and contexts ----------------------------------------------------
+    def artifact_type_id(self, cls: type[Artifact]) -> int:
+        key = ("artifact", cls.TYPE_NAME)
+        if key not in self._type_ids:
+            pb = _pb()
+            t = pb.ArtifactType(name=cls.TYPE_NAME)
+            for name, kind in cls.PROPERTIES.items():
+                t.properties[name] = _kind(kind)
+            with self._lock:
+                self._type_ids[key] = self.store.put_artifact_type(t, can_add_fields=True)
+        return self._type_ids[key]
+
+    def execution_type_id(self, type_name: str) -> int:
+        key = ("execution", type_name)
+        if key not in self._type_ids:
+            pb = _pb()
+            with self._lock:
+                self._type_ids[key] = self.store.put_execution_type(pb.ExecutionType(name=type_name))
+        return self._type_ids[key]
+
+    def context_type_id(self, type_name: str) -> int:
+        key = ("context", type_name)
+        if key not in self._type_ids:
+            pb = _pb()
+            t = pb.ContextType(name=type_name)
+            if type_name in ("pipeline_run", "node"):
+                t.properties["pipeline_name"] = pb.STRING
+            with self._lock:
+                self._type_ids[key] = self.store.put_context_type(t, can_add_fields=True)
+        return self._type_ids[key]
+
+    def context(self, type_name: str, name: str, pipeline_name: str | None = None) -> Any:
+        """The context of that type and name, created if it does not exist."""
+        pb = _pb()
+        with self._lock:
+            found = self.store.get_context_by_type_and_name(type_name, name)
+            if found is not None:
+                return found
+            ctx = pb.Context(type_id=self.context_type_id(type_name), name=name)
+            if pipeline_name is not None:
+                ctx.properties["pipeline_name"].string_value = pipeline_name
+            [ctx.id] = self.store.put_contexts([ctx])
+            return ctx
+
+    def find_context(self, type_name: str, name: str) -> Any:
+        with self._lock:
+            return self.store.get_context_by_type_and_name(type_name, name)
+
+    # -- artifacts ---------------------------------------------------------------
+    def to_proto(self, artifact: Artifact, state: str = "LIVE") -> Any:
+        pb = _pb()
+        a = pb.Artifact(type_id=self.artifact_type_id(type(artifact)), uri=artifact.uri)
+        if artifact.id is not None:
+            a.id = artifact.id
+        a.state = getattr(pb.Artifact, state)
+        for k, v in artifact.properties.items():
+            _set_value(a.properties[k], v)
+        for k, v in artifact.custom_properties.items():
+            if v is not None:
+                _set_value(a.custom_properties[k], v)
+        return a
+
+    def from_proto(self, proto: Any, type_name: str | None = None) -> Artifact:
+        if type_name is None:
+            with self._lock:
+                [t] = self.store.get_artifact_types_by_id([proto.type_id])
+            type_name = t.name
+        cls = ARTIFACT_TYPES.get(type_name)
+        if cls is None:
+            cls = type(type_name, (Artifact,), {"TYPE_NAME": type_name})
+            ARTIFACT_TYPES[type_name] = cls
+        art = cls(proto.uri, id=proto.id)
+        for k, v in proto.properties.items():
+            art.properties[k] = _get_value(v)
+        for k, v in proto.custom_properties.items():
+            art.custom_properties[k] = _get_value(v)
+        return art
+
+    def artifacts_by_id(self, ids: Sequence[int]) -> list[Artifact]:
+        with self._lock:
+            protos = self.store.get_artifacts_by_id(list(ids))
+        by_id = {p.id: p for p in protos}
+        return [self.from_proto(by_id[i]) for i in ids if i in by_id]
+
+    def artifacts_of_type(self, cls: type[Artifact], context_id: int | None = None) -> list[Artifact]:
+        with self._lock:
+            if context_id is None:
+                protos = self.store.get_artifacts_by_type(cls.TYPE_NAME)
+            else:
+                type_id = self.artifact_type_id(cls)
+                protos = [p for p in self.store.get_artifacts_by_context(context_id) if p.type_id == type_id]
+        pb = _pb()
+        return [self.from_proto(p, cls.TYPE_NAME) for p in protos if p.state == pb.Artifact.LIVE]
+
+    # -- executions ----------------------------------------------------------------
+    def start_execution(
+        self,
+        component_type: str,
+        contexts: Sequence[Any],
+        inputs: dict[str, list[Artifact]],
+        properties: dict[str, Any],
+    ) -> int:
+        """Record a RUNNING execution with its INPUT events; returns its id."""
+        pb = _pb()
+        e = pb.Execution(type_id=self.execution_type_id(component_type), last_known_state=pb.Execution.RUNNING)
+        for k, v in properties.items():
+            if v is not None:
+                _set_value(e.custom_properties[k], v)
+        pairs = [(self.to_proto(a), _event(pb.Event.INPUT, key, i)) for key, i, a in _flatten(inputs)]
+        with self._lock:
+            execution_id, _, _ = self.store.put_execution(
+                e, pairs, list(contexts), reuse_context_if_already_exist=True
+            )
+        return execution_id
+
+    def finish_execution(
+        self,
+        execution_id: int,
+        contexts: Sequence[Any],
+        outputs: dict[str, list[Artifact]],
+        state: str = "COMPLETE",
+        properties: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish outputs (LIVE, with OUTPUT events) and set the final state.
+        Artifacts that already have an id (a cache hit) are linked, not copied."""
+        pb = _pb()
+        with self._lock:
+            [e] = self.store.get_executions_by_id([execution_id])
+            e.last_known_state = getattr(pb.Execution, state)
+            for k, v in (properties or {}).items():
+                if v is not None:
+                    _set_value(e.custom_properties[k], v)
+            flat = list(_flatten(outputs))
+            pairs = [(self.to_proto(a), _event(pb.Event.OUTPUT, key, i)) for key, i, a in flat]
+            _, artifact_ids, _ = self.store.put_execution(
+                e, pairs, list(contexts), reuse_context_if_already_exist=True
+            )
+        for (_, _, art), new_id in zip(flat, artifact_ids, strict=True):
+            art.id = new_id
+
+    def fail_execution(self, execution_id: int, contexts: Sequence[Any], error: str) -> None:
+        self.finish_execution(execution_id, contexts, {}, state="FAILED", properties={ERROR: error})
+
+    def executions(self, context_id: int) -> list[Any]:
+        with self._lock:
+            return list(self.store.get_executions_by_context(context_id))
+
+    def execution(self, execution_id: int) -> Any:
+        with self._lock:
+            [e] = self.store.get_executions_by_id([execution_id])
+        return e
+
+    def io_of(self, execution_id: int, kind: str = "OUTPUT") -> dict[str, list[Artifact]]:
+        """The input or output artifacts of an execution, by key, in order."""
+        pb = _pb()
+        want = getattr(pb.Event, kind)
+        with self._lock:
+            events = [ev for ev in self.store.get_events_by_execution_ids([execution_id]) if ev.type == want]
+        artifacts = {a.id: a for a in self.artifacts_by_id([ev.artifact_id for ev in events])}
+        result: dict[str, list[tuple[int, Artifact]]] = {}
+        for ev in events:
+            key = ev.path.steps[0].key if ev.path.steps else ""
+            index = ev.path.steps[1].index if len(ev.path.steps) > 1 else 0
+            if ev.artifact_id in artifacts:
+                result.setdefault(key, []).append((index, artifacts[ev.artifact_id]))
+        return {k: [a for _, a in sorted(v, key=lambda p: p[0])] for k, v in result.items()}
+
+    def producer_of(self, artifact_id: int) -> int | None:
+        """The id of the execution that first output this artifact."""
+        pb = _pb()
+        with self._lock:
+            events = self.store.get_events_by_artifact_ids([artifact_id])
+        outs = sorted(ev.execution_id for ev in events if ev.type == pb.Event.OUTPUT)
+        return outs[0] if outs else None
+
+    def execution_type_name(self, execution: Any) -> str:
+        with self._lock:
+            [t] = self.store.get_execution_types_by_id([execution.type_id])
+        return t.name
+
+
+_PROPERTY_KIND_NAMES = {int: "INT", str: "STRING", float: "DOUBLE"}
+
+
+def _kind(py_type: type) -> int:
+    return getattr(_pb(), _PROPERTY_KIND_NAMES[py_type])
+
+
+def _set_value(value: Any, v: Any) -> None:
+    if isinstance(v, bool):
+        value.int_value = int(v)
+    elif isinstance(v, int):
+        value.int_value = v
+    elif isinstance(v, float):
+        value.double_value = v
+    elif isinstance(v, str):
+        value.string_value = v
+    else:
+        value.string_value = json.dumps(v, sort_keys=True)
+
+
+def _get_value(value: Any) -> Any:
+    which = value.WhichOneof("value")
+    return getattr(value, which) if which else None
+
+
+def _event(kind: int, key: str, index: int) -> Any:
+    pb = _pb()
+    ev = pb.Event(type=kind)
+    ev.path.steps.add().key = key
+    ev.path.steps.add().index = index
+    return ev
+
+
+def _flatten(artifacts: dict[str, list[Artifact]]) -> Iterable[tuple[str, int, Artifact]]:
+    for key, items in artifacts.items():
+        for i, a in enumerate(items):
+            yield key, i, a

@@ -1,0 +1,42 @@
+"""Small function components for testing the DSL and the orchestrator
+without TensorFlow."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from conveyor.artifacts import Examples, Model, Schema
+from conveyor.components.function import InputArtifact, OutputArtifact, Parameter, component
+
+# Two nodes that must run at the same time meet at this barrier.
+BARRIER = threading.Barrier(2, timeout=20)
+
+
+@component
+def make_rows(rows: OutputArtifact[Examples], n: Parameter[int] = 3) -> None:
+    with open(os.path.join(rows.uri, "rows.txt"), "w") as f:
+        f.write("row\n" * n)
+
+
+@component
+def count_rows(examples: InputArtifact[Examples], model: OutputArtifact[Model]) -> str:
+    with open(os.path.join(examples.uri, "rows.txt")) as f:
+        n = len(f.readlines())
+    with open(os.path.join(model.uri, "count.txt"), "w") as f:
+        f.write(str(n))
+    return f"counted {n} rows"
+
+
+@component
+def meet(examples: InputArtifact[Examples], schema: OutputArtifact[Schema], tag: str = "") -> None:
+    BARRIER.wait()
+    with open(os.path.join(schema.uri, "schema.pbtxt"), "w") as f:
+        f.write(tag)
+
+
+@component
+def explode(examples: InputArtifact[Examples], model: OutputArtifact[Model]) -> None:
+    with open(os.path.join(model.uri, "partial.txt"), "w") as f:
+        f.write("half-written")
+    raise ValueError("bad rows in the input")

@@ -1,0 +1,120 @@
+"""The local orchestrator on a real SQLite MLMD store, with light components."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from ml_metadata.proto import metadata_store_pb2 as pb
+
+from conveyor import LocalRunner, Pipeline, RunFailedError
+from conveyor.metadata.store import ERROR, Metadata
+from tests.lightweight import count_rows, explode, make_rows, meet
+
+
+def _pipeline(root, n=3, extra=()):
+    rows = make_rows(n=n)
+    counter = count_rows(examples=rows.outputs["rows"])
+    return Pipeline("light", str(root), [rows, counter, *extra])
+
+
+def _quiet():
+    return LocalRunner(echo=lambda line: None)
+
+
+def test_run_records_executions_contexts_and_events(tmp_path):
+    result = _quiet().run(_pipeline(tmp_path))
+    assert {n.state for n in result.nodes.values()} == {"COMPLETE"}
+    model = result.outputs("count_rows", "model")[0]
+    execution_id = result.nodes["count_rows"].execution_id
+    # Outputs live at <root>/<node>/<output_key>/<execution_id>/.
+    assert model.uri == os.path.join(str(tmp_path), "count_rows", "model", str(execution_id))
+    assert open(os.path.join(model.uri, "count.txt")).read() == "3"
+
+    md = Metadata(os.path.join(str(tmp_path), "metadata.sqlite"))
+    store = md.store
+    assert {t.name for t in store.get_context_types()} >= {"pipeline", "pipeline_run", "node"}
+    [e] = store.get_executions_by_id([execution_id])
+    assert e.last_known_state == pb.Execution.COMPLETE
+    events = store.get_events_by_execution_ids([execution_id])
+    kinds = sorted((ev.type, ev.path.steps[0].key) for ev in events)
+    assert kinds == [(pb.Event.INPUT, "examples"), (pb.Event.OUTPUT, "model")]
+    [art] = store.get_artifacts_by_id([model.id])
+    assert art.state == pb.Artifact.LIVE
+    contexts = {c.name for c in store.get_contexts_by_execution(execution_id)}
+    assert {"light", "light.count_rows", result.run_id} <= contexts
+    # Parameters are recorded on the execution.
+    [producer] = store.get_executions_by_id([result.nodes["make_rows"].execution_id])
+    assert producer.custom_properties["n"].int_value == 3
+
+
+def test_second_run_is_fully_cached_and_reuses_artifacts(tmp_path):
+    first = _quiet().run(_pipeline(tmp_path))
+    second = _quiet().run(_pipeline(tmp_path))
+    assert {n.state for n in second.nodes.values()} == {"CACHED"}
+    assert second.outputs("count_rows", "model")[0].id == first.outputs("count_rows", "model")[0].id
+    md = Metadata(os.path.join(str(tmp_path), "metadata.sqlite"))
+    [e] = md.store.get_executions_by_id([second.nodes["count_rows"].execution_id])
+    assert e.last_known_state == pb.Execution.CACHED
+
+
+def test_changed_parameter_reruns_node_and_downstream_and_says_why(tmp_path):
+    _quiet().run(_pipeline(tmp_path))
+    lines = []
+    result = LocalRunner(echo=lines.append).run(_pipeline(tmp_path, n=5))
+    assert result.nodes["make_rows"].state == "COMPLETE"
+    assert result.nodes["count_rows"].state == "COMPLETE"
+    assert result.nodes["make_rows"].rerun_reason == ["parameter 'n' changed (3 -> 5)"]
+    assert "input 'examples' changed" in result.nodes["count_rows"].rerun_reason[0]
+    assert any("re-run: parameter 'n' changed" in line for line in lines)
+
+
+def test_no_cache_and_per_component_enable_cache(tmp_path):
+    _quiet().run(_pipeline(tmp_path))
+    result = LocalRunner(enable_cache=False, echo=lambda line: None).run(_pipeline(tmp_path))
+    assert {n.state for n in result.nodes.values()} == {"COMPLETE"}
+    rows = make_rows(n=3)
+    counter = count_rows(examples=rows.outputs["rows"], enable_cache=False)
+    result = _quiet().run(Pipeline("light", str(tmp_path), [rows, counter]))
+    assert result.nodes["make_rows"].state == "CACHED"
+    assert result.nodes["count_rows"].state == "COMPLETE"
+
+
+def test_independent_nodes_run_concurrently(tmp_path):
+    rows = make_rows()
+    # Each waits on a 2-party barrier: run one after the other, they time out.
+    a = meet(examples=rows.outputs["rows"], id="meet_a", tag="a")
+    b = meet(examples=rows.outputs["rows"], id="meet_b", tag="b")
+    result = _quiet().run(Pipeline("light", str(tmp_path), [rows, a, b]))
+    assert result.nodes["meet_a"].state == result.nodes["meet_b"].state == "COMPLETE"
+
+
+def test_failure_is_recorded_nothing_published_nothing_downstream(tmp_path):
+    rows = make_rows()
+    bad = explode(examples=rows.outputs["rows"])
+    pipeline = Pipeline("light", str(tmp_path), [rows, bad])
+    with pytest.raises(RunFailedError) as e:
+        _quiet().run(pipeline)
+    assert e.value.component_id == "explode"
+    assert "bad rows in the input" in str(e.value)
+    md = Metadata(os.path.join(str(tmp_path), "metadata.sqlite"))
+    [ex] = md.store.get_executions_by_id([e.value.execution_id])
+    assert ex.last_known_state == pb.Execution.FAILED
+    assert "bad rows in the input" in ex.custom_properties[ERROR].string_value
+    # The half-written output is gone and was never registered.
+    assert not os.path.exists(os.path.join(str(tmp_path), "explode", "model", str(e.value.execution_id)))
+    assert [ev for ev in md.store.get_events_by_execution_ids([e.value.execution_id]) if ev.type == pb.Event.OUTPUT] == []
+
+
+def test_downstream_of_failure_is_skipped(tmp_path):
+    rows = make_rows()
+    bad = explode(examples=rows.outputs["rows"])
+    from conveyor.artifacts import Examples
+    from conveyor.pipeline.dsl import Channel
+
+    # A node wired to the failing node's output.
+    after = count_rows(examples=Channel(Examples, bad, "model"), id="after_bad")
+    result = _quiet().run(Pipeline("light", str(tmp_path), [rows, bad, after]), raise_on_failure=False)
+    assert result.nodes["explode"].state == "FAILED"
+    assert result.nodes["after_bad"].state == "SKIPPED"
+    assert result.nodes["after_bad"].execution_id is None
