@@ -142,6 +142,8 @@ def user_code_files(module_file: str) -> list[str]:
         if path in found or not os.path.isfile(path):
             continue
         found.append(path)
+        if not path.endswith(".py"):
+            continue  # A data file (ExampleGen's input, a schema): content only, no imports to follow.
         directory = os.path.dirname(path)
         try:
             with open(path, encoding="utf-8") as f:
@@ -171,6 +173,10 @@ def fingerprint_files(paths: Sequence[str]) -> str:
     h = hashlib.sha256()
     for path in sorted(paths):
         h.update(os.path.basename(path).encode())
+        content = hashlib.sha256()
         with open(path, "rb") as f:
-            h.update(hashlib.sha256(f.read()).digest())
+            # In blocks: these may be large data files (ExampleGen's input).
+            for block in iter(lambda: f.read(1 << 20), b""):
+                content.update(block)
+        h.update(content.digest())
     return h.hexdigest()

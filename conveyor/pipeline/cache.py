@@ -31,6 +31,8 @@ def cache_key_parts(
         parts[f"input:{key}"] = ",".join(str(a.id) for a in artifacts)
     for name, value in sorted(params.items()):
         parts[f"parameter:{name}"] = json.dumps(value, sort_keys=True)
+    for name, fingerprint in sorted(component.external_fingerprints().items()):
+        parts[f"data:{name}"] = fingerprint
     for path in component.code_files():
         if not os.path.isfile(path):
             return None
@@ -57,6 +59,8 @@ def explain_change(old: dict[str, str], new: dict[str, str]) -> list[str]:
             changes.append(f"{kind} {name!r} removed" if name else f"{kind} removed")
         elif kind == "code":
             changes.append(f"code file {name} changed")
+        elif kind == "data":
+            changes.append(f"input data {name!r} changed")
         elif kind == "input":
             changes.append(f"input {name!r} changed (artifacts {old[key] or '-'} -> {new[key] or '-'})")
         elif kind == "parameter":

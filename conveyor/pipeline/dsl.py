@@ -138,6 +138,11 @@ class Component:
                 files.append(os.path.abspath(value))
         return files
 
+    def external_fingerprints(self) -> dict[str, str]:
+        """Fingerprints of data the component reads from outside the pipeline
+        (ExampleGen's input files), so new data invalidates the cache."""
+        return {}
+
     # -- helpers ---------------------------------------------------------------
     def with_id(self, id: str) -> Component:  # noqa: A002
         self.id = id

@@ -77,9 +77,10 @@ def parse(text: str, source: str = "<string>") -> schema_pb2.Schema:
         prefix = f"{line}:{column} : "
         if message.startswith(prefix):
             message = message[len(prefix):]
+        message = message.rstrip(".") + "." + _field_hint(message)
         where = f"{source}, line {line}" + (f", column {column}" if column else "")
         raise SchemaError(
-            f"{where}: not a valid tensorflow_metadata Schema in text format: {message}. "
+            f"{where}: not a valid tensorflow_metadata Schema in text format: {message} "
             f"Fix that line (see https://github.com/tensorflow/metadata/blob/master/"
             f"tensorflow_metadata/proto/v0/schema.proto for the fields), or regenerate the "
             f"file with SchemaGen."
@@ -87,12 +88,37 @@ def parse(text: str, source: str = "<string>") -> schema_pb2.Schema:
     return schema
 
 
+def _field_hint(message: str) -> str:
+    """' Did you mean X?' for a misspelt field or enum value."""
+    import re
+
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    pool = schema_pb2.DESCRIPTOR.pool
+    m = re.search(r'Message type "([\w.]+)" has no field named "(\w+)"', message)
+    if m:
+        try:
+            names = [f.name for f in pool.FindMessageTypeByName(m.group(1)).fields]
+        except KeyError:
+            return ""
+        return closest(m.group(2), names)
+    m = re.search(r'Enum type "([\w.]+)" has no value named (\w+)', message)
+    if m:
+        try:
+            names = [v.name for v in pool.FindEnumTypeByName(m.group(1)).values]
+        except KeyError:
+            return ""
+        return closest(m.group(2), names)
+    return ""
+
+
 def load(path: str) -> schema_pb2.Schema:
     """The schema in a `schema.pbtxt` file, or in the `schema.pbtxt` of a
     Schema artifact directory."""
     file = _schema_file(os.fspath(path))
     if not os.path.isfile(file):
-        what = "directory has no " + FILE_NAME if os.path.isdir(os.path.dirname(file) or ".") else "no such file"
+        in_dir = os.path.isdir(os.path.dirname(file) or ".") and os.path.basename(file) == FILE_NAME
+        what = f"the directory has no {FILE_NAME}" if in_dir else "no such file"
         raise SchemaError(
             f"Schema file {file} cannot be read ({what}). Pass the path of a schema.pbtxt "
             f"or of a Schema artifact directory."
@@ -109,12 +135,13 @@ def load(path: str) -> schema_pb2.Schema:
 
 
 def save(schema: schema_pb2.Schema, path: str) -> str:
-    """Write `schema` in text format to `path` (a file, or a directory to hold
-    schema.pbtxt). Returns the file written."""
+    """Write `schema` in text format to `path`: a `*.pbtxt` file, or else a
+    directory (e.g. a Schema artifact's) to hold schema.pbtxt. Makes missing
+    directories. Returns the file written."""
     from google.protobuf import text_format
 
     path = os.fspath(path)
-    file = os.path.join(path, FILE_NAME) if os.path.isdir(path) or path.endswith(os.sep) else path
+    file = path if path.endswith(".pbtxt") and not os.path.isdir(path) else os.path.join(path, FILE_NAME)
     os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
     tmp = f"{file}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -146,7 +173,9 @@ def load_statistics(path: str) -> statistics_pb2.DatasetFeatureStatisticsList:
             f"Regenerate it with StatisticsGen."
         ) from e
     if not stats.datasets:
-        raise SchemaError(f"Statistics file {file} holds no dataset statistics. Regenerate it with StatisticsGen.")
+        raise SchemaError(
+            f"Statistics file {file} holds no dataset statistics. Regenerate it with StatisticsGen."
+        )
     return stats
 
 
@@ -252,7 +281,9 @@ def set_domain(
     type_name = schema_pb2.FeatureType.Name(f.type)
     if values is not None:
         if isinstance(values, str):
-            raise SchemaError(f"set_domain({name!r}): values must be a list of strings, got the string {values!r}.")
+            raise SchemaError(
+                f"set_domain({name!r}): values must be a list of strings, got the string {values!r}."
+            )
         if f.type != schema_pb2.BYTES:
             raise SchemaError(
                 f"set_domain({name!r}, values=...): a list of values is a string domain, but "
@@ -266,7 +297,9 @@ def set_domain(
     elif f.type == schema_pb2.INT:
         for bound in (min, max):
             if bound is not None and float(bound) != int(bound):
-                raise SchemaError(f"set_domain({name!r}): {name!r} is INT, so min/max must be integers; got {bound}.")
+                raise SchemaError(
+                    f"set_domain({name!r}): {name!r} is INT, so min/max must be integers; got {bound}."
+                )
 
     old_reference = f.domain if f.WhichOneof("domain_info") == "domain" else ""
     if values is not None:
@@ -335,6 +368,10 @@ def _presence(f: Any) -> str:
     return " ".join(parts) if len(parts) > 1 else "optional"
 
 
+def _presence_detail(f: Any) -> str:
+    return f"min_fraction={f.presence.min_fraction:g} min_count={f.presence.min_count}"
+
+
 def _valency(f: Any) -> str:
     if f.HasField("shape"):
         return "shape [" + ", ".join(str(d.size) for d in f.shape.dim) + "]"
@@ -373,12 +410,16 @@ def _domain_text(schema: Any, f: Any) -> str:
         return "-"
     if kind == "string" and isinstance(value, list):
         label = f"{f.domain}: " if f.WhichOneof("domain_info") == "domain" else ""
-        shown = ", ".join(repr(v) for v in value[:3]) + (", ..." if len(value) > 3 else "")
+        shown = ", ".join(repr(_clip(v, 20)) for v in value[:3]) + (", ..." if len(value) > 3 else "")
         return f"{label}{len(value)} values ({shown})"
     if kind in ("int", "float"):
         lo, hi = value
         return f"[{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}]"
     return f"{kind}: {value}"
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def _environments(f: Any) -> str:
@@ -398,7 +439,7 @@ def show(schema: schema_pb2.Schema) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(row: Sequence[str]) -> str:
-        return "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+        return "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
 
     out = [line(header), line(["-" * w for w in widths])]
     out.extend(line(r) for r in rows)
@@ -447,8 +488,10 @@ def _feature_changes(a_schema: Any, a: Any, b_schema: Any, b: Any) -> list[str]:
     changes = []
     if a.type != b.type:
         changes.append(f"{name}: type {_type(a)} -> {_type(b)}")
-    if _presence(a) != _presence(b) or a.presence != b.presence:
+    if _presence(a) != _presence(b):
         changes.append(f"{name}: presence {_presence(a)} -> {_presence(b)}")
+    elif a.presence != b.presence:
+        changes.append(f"{name}: presence {_presence_detail(a)} -> {_presence_detail(b)}")
     if _valency(a) != _valency(b):
         changes.append(f"{name}: values {_valency(a)} -> {_valency(b)}")
     changes += _domain_change(name, a_schema, a, b_schema, b)
@@ -482,6 +525,10 @@ def _strip_summarised(f: Any) -> Any:
     return copy
 
 
+def _named_domains(schema: Any) -> dict[str, list[str]]:
+    return {d.name: list(d.value) for d in schema.string_domain}
+
+
 def diff(a: schema_pb2.Schema, b: schema_pb2.Schema) -> list[str]:
     """Human-readable changes from schema `a` to schema `b`: features added or
     removed; type, presence, valency/shape, domain, environment changes of
@@ -499,9 +546,8 @@ def diff(a: schema_pb2.Schema, b: schema_pb2.Schema) -> list[str]:
         if name in fb:
             changes += _feature_changes(a, fa[name], b, fb[name])
     if list(a.default_environment) != list(b.default_environment):
-        changes.append(
-            f"environments: {list(a.default_environment) or 'none'} -> {list(b.default_environment) or 'none'}"
-        )
+        before, after = list(a.default_environment) or "none", list(b.default_environment) or "none"
+        changes.append(f"environments: {before} -> {after}")
     sa = {s.name: s for s in a.sparse_feature}
     sb = {s.name: s for s in b.sparse_feature}
     for name in sorted(set(sa) | set(sb)):
@@ -523,6 +569,6 @@ def diff(a: schema_pb2.Schema, b: schema_pb2.Schema) -> list[str]:
             changes.append("schema-level settings changed")
         elif [f.name for f in a.feature] != [f.name for f in b.feature]:
             changes.append("feature order changed")
-        elif {d.name: list(d.value) for d in a.string_domain} != {d.name: list(d.value) for d in b.string_domain}:
+        elif _named_domains(a) != _named_domains(b):
             changes.append("unused named string domains changed")
     return changes
