@@ -15,6 +15,7 @@ import argparse
 import os
 import runpy
 import sys
+import warnings
 from collections.abc import Sequence
 
 from conveyor.errors import ConveyorError, PipelineDefinitionError
@@ -93,7 +94,15 @@ def _schema(args: argparse.Namespace) -> int:
     return schema_cli.diff_main(args.a, args.b)
 
 
+def _quiet_libraries() -> None:
+    # TensorFlow's C++ start-up chatter and Google client deprecation notices
+    # bury the run's own progress lines; errors still show.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_libraries()
     parser = argparse.ArgumentParser(prog="conveyor", description="TFX-style ML pipelines on Beam and MLMD")
     sub = parser.add_subparsers(dest="command", required=True)
 

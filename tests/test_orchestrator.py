@@ -103,7 +103,8 @@ def test_failure_is_recorded_nothing_published_nothing_downstream(tmp_path):
     assert "bad rows in the input" in ex.custom_properties[ERROR].string_value
     # The half-written output is gone and was never registered.
     assert not os.path.exists(os.path.join(str(tmp_path), "explode", "model", str(e.value.execution_id)))
-    assert [ev for ev in md.store.get_events_by_execution_ids([e.value.execution_id]) if ev.type == pb.Event.OUTPUT] == []
+    events = md.store.get_events_by_execution_ids([e.value.execution_id])
+    assert [ev for ev in events if ev.type == pb.Event.OUTPUT] == []
 
 
 def test_downstream_of_failure_is_skipped(tmp_path):

@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 from conveyor.artifacts import ARTIFACT_TYPES, Artifact, Model, ModelBlessing
+from conveyor.components.base import fingerprint_files
 from conveyor.errors import ExecutorError, PipelineDefinitionError, closest
 from conveyor.pipeline.dsl import Component, Input
 
@@ -123,9 +124,21 @@ class Importer(Resolver):
                 f"directory to record as a {self.params.artifact_type}; fix the path."
             )
         cls = ARTIFACT_TYPES[self.params.artifact_type]
+        fingerprint = _fingerprint_path(uri)
         if not self.params.reimport:
-            same = [a for a in md.artifacts_of_type(cls) if a.uri == uri]
+            # The same uri with the same content: reuse it, so downstream stays cached.
+            same = [a for a in md.artifacts_of_type(cls) if a.uri == uri and a.get("fingerprint") == fingerprint]
             if same:
                 return {"result": [max(same, key=lambda a: a.id or 0)]}
-        art = cls(uri, properties=self.params.properties, custom_properties=self.params.custom_properties)
+        custom = {**self.params.custom_properties, "fingerprint": fingerprint}
+        art = cls(uri, properties=self.params.properties, custom_properties=custom)
         return {"result": [art]}
+
+
+def _fingerprint_path(path: str) -> str:
+    """A content hash of a file, or of every file under a directory."""
+    if os.path.isfile(path):
+        return fingerprint_files([path])
+    files = [os.path.join(d, f) for d, _, names in os.walk(path) for f in names]
+    rel = sorted(files)
+    return fingerprint_files(rel) + f"-{len(rel)}"

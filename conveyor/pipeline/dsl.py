@@ -115,10 +115,10 @@ class Component:
                     f"(a channel of {spec.type.TYPE_NAME}). Pass {name}=<component>.outputs[...]."
                 )
         self.params = self._build_params(param_values)
+        self.check()
         self.outputs: dict[str, Channel] = {
             key: Channel(artifact_type, self, key) for key, artifact_type in self.output_types().items()
         }
-        self.check()
 
     # -- hooks for subclasses ------------------------------------------------
     def check(self) -> None:

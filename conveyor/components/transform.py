@@ -1,0 +1,364 @@
+"""Transform: feature engineering with tf.Transform.
+
+The user's `preprocessing_fn(inputs)` is analyzed over the `analyze` splits
+(full passes for vocabularies, means, quantiles...) and the resulting graph is
+applied to every `transform` split. The graph is saved so that the Trainer can
+put the same transformation in front of the model it exports: training and
+serving see identical features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import os
+import shutil
+import tempfile
+import traceback
+from typing import Any
+
+from conveyor.artifacts import Artifact, Examples, Schema, TransformCache, TransformGraph, split_uri
+from conveyor.components.base import ExecutionContext, load_user_function
+from conveyor.errors import PipelineDefinitionError
+from conveyor.pipeline.dsl import Component, Input
+
+__all__ = ["Transform", "TransformParams", "SplitsConfig", "run"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitsConfig:
+    """Which splits tf.Transform analyzes and which it transforms (TFX's
+    SplitsConfig). An empty `transform` means every split of the input."""
+
+    analyze: list[str] = dataclasses.field(default_factory=lambda: ["train"])
+    transform: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformParams:
+    # A Python file defining `preprocessing_fn`, or an import path
+    # 'package.module.preprocessing_fn': give exactly one.
+    module_file: str | None = None
+    preprocessing_fn: str | None = None
+    splits_config: SplitsConfig = dataclasses.field(default_factory=SplitsConfig)
+    # Passed to preprocessing_fn when it takes a `custom_config` argument.
+    custom_config: dict = dataclasses.field(default_factory=dict)
+    force_tf_compat_v1: bool = False
+
+
+class Transform(Component):
+    """Analyzes the `analyze` splits of `examples` with the user's
+    `preprocessing_fn` and writes the tf.Transform graph (`transform_graph`,
+    readable with `tft.TFTransformOutput(uri)`), the transformed splits as
+    gzipped tf.Example (`transformed_examples`) and the analyzer cache
+    (`updated_analyzer_cache`), which a later run can take as `analyzer_cache`
+    to skip analyzing data it has seen."""
+
+    INPUTS = {
+        "examples": Input(Examples),
+        "schema": Input(Schema),
+        "analyzer_cache": Input(TransformCache, optional=True, in_cache_key=False),
+    }
+    OUTPUTS = {
+        "transform_graph": TransformGraph,
+        "transformed_examples": Examples,
+        "updated_analyzer_cache": TransformCache,
+    }
+    Params = TransformParams
+    EXECUTOR = "conveyor.components.transform:run"
+    USES_BEAM = True
+    CODE_PARAMS = ("module_file",)
+
+    def check(self) -> None:
+        p = self.params
+        if bool(p.module_file) == bool(p.preprocessing_fn):
+            raise PipelineDefinitionError(
+                f"{self._where()} needs exactly one of module_file= (a Python file defining "
+                f"preprocessing_fn) or preprocessing_fn= (an import path 'package.module.fn'); "
+                f"got {'both' if p.module_file else 'neither'}."
+            )
+        if not p.splits_config.analyze:
+            raise PipelineDefinitionError(
+                f"{self._where()} splits_config.analyze is empty; name the splits to analyze, "
+                f"e.g. SplitsConfig(analyze=['train'])."
+            )
+
+
+# -- executor ----------------------------------------------------------------
+
+
+def run(
+    inputs: dict[str, list[Artifact]],
+    outputs: dict[str, list[Artifact]],
+    params: TransformParams,
+    ctx: ExecutionContext,
+) -> None:
+    from tfx_bsl.public import tfxio
+
+    from conveyor.components import examples_io
+
+    examples: Examples = inputs["examples"][0]  # type: ignore[assignment]
+    schema = _read_schema(inputs["schema"][0], ctx)
+    cache_in = (inputs.get("analyzer_cache") or [None])[0]
+    examples_out: Examples = outputs["transformed_examples"][0]  # type: ignore[assignment]
+
+    analyze_splits = list(params.splits_config.analyze)
+    transform_splits = list(params.splits_config.transform) or list(examples.splits)
+    for kind, names in (("analyze", analyze_splits), ("transform", transform_splits)):
+        missing = [s for s in names if s not in examples.splits]
+        if missing:
+            raise ctx.error(
+                f"splits_config.{kind} names split(s) {missing} but examples {examples.uri} has "
+                f"splits {examples.splits}. Fix splits_config."
+            )
+    for split in set(analyze_splits) | set(transform_splits):
+        if not examples_io.split_files(examples, split):
+            raise ctx.error(
+                f"examples {examples.uri} has no data files for split {split!r} "
+                f"(looked for {examples_io.file_pattern(examples, split)})."
+            )
+    _check_columns(examples, analyze_splits + transform_splits, schema, ctx)
+
+    preprocessing_fn = _user_preprocessing_fn(params, ctx)
+    # tfx_bsl decides the Arrow types of tf.Example data from the schema; the
+    # same schema gives the tensors preprocessing_fn receives.
+    source = tfxio.TFExampleRecord(file_pattern="unused", schema=schema)
+    arrow_schema = source.ArrowSchema()
+    adapter_config = source.TensorAdapterConfig()
+    _trace_preprocessing_fn(preprocessing_fn, adapter_config, params, ctx)
+
+    own_tmp = not ctx.tmp_dir
+    tmp_dir = ctx.tmp_dir or tempfile.mkdtemp(prefix="conveyor_transform_")
+    os.makedirs(tmp_dir, exist_ok=True)
+    try:
+        _run_pipeline(examples, schema, cache_in, outputs, params, ctx, preprocessing_fn,
+                      arrow_schema, adapter_config, tmp_dir, analyze_splits, transform_splits)
+    finally:
+        if own_tmp:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+
+    examples_out.splits = transform_splits
+    for prop in ("span", "version"):
+        if prop in examples.properties:
+            examples_out.set(prop, examples.properties[prop])
+    examples_out.custom_properties["file_format"] = examples_io.TFRECORDS_GZIP
+
+
+def _run_pipeline(examples: Examples, schema: Any, cache_in: Artifact | None,
+                  outputs: dict[str, list[Artifact]], params: TransformParams, ctx: ExecutionContext,
+                  preprocessing_fn: Any, arrow_schema: Any, adapter_config: Any, tmp_dir: str,
+                  analyze_splits: list[str], transform_splits: list[str]) -> None:
+    import apache_beam as beam
+    import tensorflow_transform.beam as tft_beam
+    from tensorflow_transform.beam import analyzer_cache
+    from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
+
+    from conveyor.components import examples_io
+
+    graph_out = outputs["transform_graph"][0]
+    examples_out = outputs["transformed_examples"][0]
+    cache_out = outputs["updated_analyzer_cache"][0]
+    keys = {s: _dataset_key(examples, s) for s in analyze_splits}
+    dataset_keys = [analyzer_cache.DatasetKey(k) for k in keys.values()]
+    cache_dir = cache_out.uri
+    if cache_in is not None:
+        # The new cache starts as the old one: a dataset served from the cache
+        # produces no new entries, yet the next run wants them too.
+        for key in keys.values():
+            src = os.path.join(cache_in.uri, key)
+            if os.path.isdir(src):
+                shutil.copytree(src, os.path.join(cache_dir, key), dirs_exist_ok=True)
+
+    with tft_beam.Context(temp_dir=tmp_dir, force_tf_compat_v1=params.force_tf_compat_v1):
+        with ctx.beam_pipeline() as p:
+            raw: dict[str, Any] = {}
+            for split in dict.fromkeys(analyze_splits + transform_splits):
+                raw[split] = (
+                    examples_io.beam_read_batches(p, examples, split, lists=True, label=f"Read[{split}]")
+                    | f"Conform[{split}]" >> beam.Map(_conform_batch, arrow_schema)
+                )
+            if cache_in is not None:
+                input_cache = p | "ReadCache" >> analyzer_cache.ReadAnalysisCacheFromFS(
+                    cache_in.uri, dataset_keys
+                )
+            else:
+                input_cache = {}
+            analyze_data = {analyzer_cache.DatasetKey(keys[s]): raw[s] for s in analyze_splits}
+            transform_fn, new_cache = (
+                analyze_data,
+                input_cache,
+                adapter_config,
+            ) | "Analyze" >> tft_beam.AnalyzeDatasetWithCache(preprocessing_fn, pipeline=p)
+            _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(graph_out.uri)
+            if new_cache:
+                _ = new_cache | "WriteCache" >> analyzer_cache.WriteAnalysisCacheToFS(
+                    p, cache_dir, dataset_keys
+                )
+            for split in transform_splits:
+                transformed, metadata = (
+                    (raw[split], adapter_config),
+                    transform_fn,
+                ) | f"Transform[{split}]" >> tft_beam.TransformDataset(output_record_batches=True)
+                schema_side = beam.pvalue.AsSingleton(
+                    metadata.deferred_metadata | f"Schema[{split}]" >> beam.Map(_schema_of)
+                )
+                out_dir = split_uri(examples_out, split)
+                os.makedirs(out_dir, exist_ok=True)
+                _ = (
+                    transformed
+                    | f"Encode[{split}]" >> beam.FlatMap(_encode_batch, schema_side)
+                    | f"Write[{split}]" >> beam.io.WriteToTFRecord(
+                        os.path.join(out_dir, "data"),
+                        file_name_suffix=".gz",
+                        compression_type=beam.io.filesystem.CompressionTypes.GZIP,
+                    )
+                )
+
+    # The raw schema goes next to the graph, as TFX lays it out: the trained
+    # model's serving signature parses raw tf.Examples with it
+    # (TFTransformOutput.raw_feature_spec()).
+    metadata_io.write_metadata(
+        dataset_metadata.DatasetMetadata(schema), os.path.join(graph_out.uri, "metadata")
+    )
+
+
+def _read_schema(artifact: Artifact, ctx: ExecutionContext) -> Any:
+    from conveyor import schema as schema_lib
+
+    try:
+        schema = schema_lib.load(artifact.uri)
+    except schema_lib.SchemaError as e:
+        raise ctx.error(f"input `schema`: {e}") from e
+    if not schema.feature and not schema.sparse_feature:
+        raise ctx.error(f"schema {artifact.uri} declares no features; Transform needs the "
+                        f"features preprocessing_fn reads.")
+    return schema
+
+
+def _check_columns(examples: Examples, splits: list[str], schema: Any, ctx: ExecutionContext) -> None:
+    """Schema features missing from Parquet data fail deep inside TF; say so here."""
+    from conveyor.components import examples_io
+
+    if examples_io.file_format(examples) != examples_io.PARQUET:
+        return
+    import pyarrow.parquet as pq
+
+    required = [
+        f.name for f in schema.feature
+        if f.HasField("shape") and not f.HasField("lifecycle_stage")
+    ]
+    for split in dict.fromkeys(splits):
+        first = examples_io.split_files(examples, split)[0]
+        columns = set(pq.read_schema(first).names)
+        missing = [n for n in required if n not in columns]
+        if missing:
+            raise ctx.error(
+                f"schema requires features {missing} (fixed shape) but {first} has no such "
+                f"column(s); its columns are {sorted(columns)}. Use the schema inferred from "
+                f"these examples or fix the data."
+            )
+
+
+def _user_preprocessing_fn(params: TransformParams, ctx: ExecutionContext) -> Any:
+    fn = _PreprocessingFn(ctx.component_id, params.module_file, params.preprocessing_fn,
+                          dict(params.custom_config))
+    fn.resolve()  # Report a missing or broken module now, in this process.
+    return fn
+
+
+class _PreprocessingFn:
+    """The user's preprocessing_fn, picklable by location: tf.Transform runs
+    it again inside Beam workers (to write the final graph), and a worker in
+    another process cannot unpickle a function of a module loaded from a file
+    here. This object reloads the module where it is called."""
+
+    def __init__(self, component_id: str, module_file: str | None, import_path: str | None,
+                 custom_config: dict) -> None:
+        self.component_id = component_id
+        self.module_file = os.path.abspath(module_file) if module_file else None
+        self.import_path = import_path
+        self.custom_config = custom_config
+        self._fn: Any = None
+
+    def resolve(self) -> Any:
+        if self._fn is None:
+            self._fn = load_user_function(
+                self.component_id, "preprocessing_fn",
+                module_file=self.module_file, import_path=self.import_path,
+            )
+        return self._fn
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_fn"] = None
+        return state
+
+    def __call__(self, inputs: dict[str, Any]) -> Any:
+        fn = self.resolve()
+        try:
+            takes_config = "custom_config" in inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            takes_config = False
+        if takes_config:
+            return fn(inputs, custom_config=dict(self.custom_config))
+        return fn(inputs)
+
+
+def _trace_preprocessing_fn(fn: Any, adapter_config: Any, params: TransformParams,
+                            ctx: ExecutionContext) -> None:
+    """Traces preprocessing_fn once before the pipeline, so a bug in the
+    user's code is reported with its file and line, not as a Beam failure."""
+    import tensorflow_transform as tft
+    from tfx_bsl.public import tfxio
+
+    specs = tfxio.TensorAdapter(adapter_config).OriginalTypeSpecs()
+    try:
+        tft.get_analyze_input_columns(fn, specs, force_tf_compat_v1=params.force_tf_compat_v1)
+    except Exception as e:  # noqa: BLE001 - any failure of user code is reported the same way
+        where = params.module_file or params.preprocessing_fn
+        module = os.path.abspath(params.module_file) if params.module_file else None
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == module]
+        line = f" at line {frames[-1].lineno} ({frames[-1].line})" if frames else ""
+        raise ctx.error(
+            f"preprocessing_fn from {where} failed while being traced{line}: "
+            f"{type(e).__name__}: {str(e).rstrip('.')}. Its inputs are the schema's features: "
+            f"{sorted(specs)}."
+        ) from e
+
+
+def _dataset_key(examples: Examples, split: str) -> str:
+    # The artifact URI is unique per data version, so a cache entry is reused
+    # exactly when the same data is analyzed again.
+    digest = hashlib.sha256(f"{os.path.abspath(examples.uri)}|{split}".encode()).hexdigest()[:16]
+    return f"split-{split}-{digest}"
+
+
+def _conform_batch(batch: Any, arrow_schema: Any) -> Any:
+    """The batch with exactly the columns of `arrow_schema`, in its order and
+    types (the tensor adapter finds columns by position): absent columns
+    become all-missing, extra ones are dropped."""
+    import pyarrow as pa
+
+    arrays = []
+    for field in arrow_schema:
+        index = batch.schema.get_field_index(field.name)
+        if index < 0:
+            arrays.append(pa.nulls(batch.num_rows, field.type))
+            continue
+        column = batch.column(index)
+        if column.type != field.type:
+            column = column.cast(field.type)
+        arrays.append(column)
+    return pa.RecordBatch.from_arrays(arrays, schema=arrow_schema)
+
+
+def _schema_of(metadata: Any) -> Any:
+    return metadata.schema
+
+
+def _encode_batch(element: Any, schema: Any) -> list[bytes]:
+    """A transformed (record batch, passthrough) pair -> serialized tf.Examples."""
+    from tfx_bsl.public import tfxio
+
+    return tfxio.RecordBatchToExamplesEncoder(schema).encode(element[0])
