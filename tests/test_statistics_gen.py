@@ -109,8 +109,9 @@ def test_schema_input_guides_the_statistics(tmp_path):
 
 def test_tfrecord_examples(tmp_path):
     # tf.Example input (file_format tfrecords_gzip) goes through TFXIO, same statistics.
-    shards = sorted(glob.glob("/work/shared/data/taxi/tfrecord/*.gz"))
-    assert shards, "the shared taxi tf.Example data is missing"
+    here = os.path.dirname(os.path.abspath(__file__))
+    shards = sorted(glob.glob(os.path.join(here, "testdata", "taxi", "example_gen", "import", "tfrecord", "*.gz")))
+    assert shards, "the taxi tf.Example test data is missing"
     split_dir = tmp_path / "examples" / "Split-train"
     split_dir.mkdir(parents=True)
     shutil.copy(shards[0], split_dir / "data-00000-of-00001.gz")
