@@ -26,6 +26,15 @@ class Resolver(Component):
         raise NotImplementedError
 
 
+def _check_artifact_type(node: Component) -> None:
+    name = node.params.artifact_type
+    if name not in ARTIFACT_TYPES:
+        raise PipelineDefinitionError(
+            f"{node._where()}: unknown artifact_type {name!r}.{closest(name, ARTIFACT_TYPES)} "
+            f"Known: {sorted(ARTIFACT_TYPES)}."
+        )
+
+
 class LatestBlessedModel(Resolver):
     """The newest model this pipeline's Evaluator blessed, as the baseline for
     the next evaluation; empty when there is none yet.
@@ -66,11 +75,7 @@ class LatestArtifact(Resolver):
     Params = LatestArtifactParams
 
     def check(self) -> None:
-        if self.params.artifact_type not in ARTIFACT_TYPES:
-            raise PipelineDefinitionError(
-                f"LatestArtifact {self.id!r}: unknown artifact_type {self.params.artifact_type!r}."
-                f"{closest(self.params.artifact_type, ARTIFACT_TYPES)} Known: {sorted(ARTIFACT_TYPES)}."
-            )
+        _check_artifact_type(self)
 
     def output_types(self) -> dict[str, type[Artifact]]:
         return {"artifact": ARTIFACT_TYPES[self.params.artifact_type]}
@@ -107,11 +112,7 @@ class Importer(Resolver):
     Params = ImporterParams
 
     def check(self) -> None:
-        if self.params.artifact_type not in ARTIFACT_TYPES:
-            raise PipelineDefinitionError(
-                f"Importer {self.id!r}: unknown artifact_type {self.params.artifact_type!r}."
-                f"{closest(self.params.artifact_type, ARTIFACT_TYPES)} Known: {sorted(ARTIFACT_TYPES)}."
-            )
+        _check_artifact_type(self)
 
     def output_types(self) -> dict[str, type[Artifact]]:
         return {"result": ARTIFACT_TYPES[self.params.artifact_type]}

@@ -69,12 +69,7 @@ class Trainer(Component):
 
     def check(self) -> None:
         p = self.params
-        if bool(p.module_file) == bool(p.run_fn):
-            raise PipelineDefinitionError(
-                f"{self._where()} needs exactly one of module_file= (a Python file defining run_fn) "
-                f"or run_fn= (an import path 'package.module.run_fn'); "
-                f"got {'both' if p.module_file else 'neither'}."
-            )
+        self._require_user_code("run_fn")
         for name, args in (("train_args", p.train_args), ("eval_args", p.eval_args)):
             if args.num_steps is not None and args.num_steps <= 0:
                 raise PipelineDefinitionError(

@@ -72,12 +72,7 @@ class Transform(Component):
 
     def check(self) -> None:
         p = self.params
-        if bool(p.module_file) == bool(p.preprocessing_fn):
-            raise PipelineDefinitionError(
-                f"{self._where()} needs exactly one of module_file= (a Python file defining "
-                f"preprocessing_fn) or preprocessing_fn= (an import path 'package.module.fn'); "
-                f"got {'both' if p.module_file else 'neither'}."
-            )
+        self._require_user_code("preprocessing_fn")
         if not p.splits_config.analyze:
             raise PipelineDefinitionError(
                 f"{self._where()} splits_config.analyze is empty; name the splits to analyze, "

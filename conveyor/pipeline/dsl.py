@@ -144,6 +144,17 @@ class Component:
         return {}
 
     # -- helpers ---------------------------------------------------------------
+    def _require_user_code(self, function: str) -> None:
+        """Exactly one of the parameters module_file= (a file defining
+        `function`) and `function`= (an import path)."""
+        module_file, import_path = self.params.module_file, getattr(self.params, function)
+        if bool(module_file) == bool(import_path):
+            raise PipelineDefinitionError(
+                f"{self._where()} needs exactly one of module_file= (a Python file defining {function}) "
+                f"or {function}= (an import path 'package.module.{function}'); "
+                f"got {'both' if module_file else 'neither'}."
+            )
+
     def with_id(self, id: str) -> Component:  # noqa: A002
         self.id = id
         return self
