@@ -31,6 +31,7 @@ __all__ = [
     "load_user_function",
     "user_code_files",
     "fingerprint_files",
+    "skip_autograph_for_tf_keras",
 ]
 
 
@@ -180,3 +181,19 @@ def fingerprint_files(paths: Sequence[str]) -> str:
                 content.update(block)
         h.update(content.digest())
     return h.hexdigest()
+
+
+def skip_autograph_for_tf_keras() -> None:
+    """Tell autograph to leave tf_keras' own code alone.
+
+    TensorFlow's autograph skips the library `keras` but not `tf_keras`, the
+    name Keras 2 has since TF 2.16 (and what tf.Transform's layer is built
+    on). Converting Keras internals line by line costs ~20 s per traced
+    function (the first training step, each exported signature, TFMA's
+    model and metric functions) and changes
+    nothing: it is the same code autograph skipped under its old name."""
+    from tensorflow.python.autograph.core import config as autograph_config
+
+    rules = autograph_config.CONVERSION_RULES
+    if not any(getattr(rule, "_prefix", None) == "tf_keras" for rule in rules):
+        autograph_config.CONVERSION_RULES = (autograph_config.DoNotConvert("tf_keras"),) + tuple(rules)

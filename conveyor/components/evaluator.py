@@ -21,7 +21,7 @@ import os
 from typing import Any
 
 from conveyor.artifacts import Artifact, Examples, Model, ModelBlessing, ModelEvaluation, Schema
-from conveyor.components.base import ExecutionContext
+from conveyor.components.base import ExecutionContext, skip_autograph_for_tf_keras
 from conveyor.errors import PipelineDefinitionError
 from conveyor.pipeline.dsl import Component, Input
 
@@ -517,6 +517,7 @@ def run(
             )
         )
     eval_shared_model = models[0] if len(models) == 1 else models
+    skip_autograph_for_tf_keras()
 
     with ctx.beam_pipeline() as p:
         records = [_read_serialized_examples(p, examples, split) for split in params.example_splits]

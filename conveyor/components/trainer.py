@@ -11,7 +11,7 @@ import dataclasses
 import os
 
 from conveyor.artifacts import Artifact, Examples, Model, ModelRun, Schema, TransformGraph
-from conveyor.components.base import ExecutionContext, load_user_function
+from conveyor.components.base import ExecutionContext, load_user_function, skip_autograph_for_tf_keras
 from conveyor.errors import PipelineDefinitionError
 from conveyor.pipeline.dsl import Component, Input
 
@@ -159,7 +159,7 @@ def run(
         hyperparameters=dict(params.hyperparameters),
         data_accessor=DataAccessor(file_format),
     )
-    _skip_autograph_for_tf_keras()
+    skip_autograph_for_tf_keras()
     run_fn(fn_args)
 
     if not os.path.isfile(os.path.join(serving_model_dir, "saved_model.pb")):
@@ -170,18 +170,3 @@ def run(
             f"model.save(fn_args.serving_model_dir, save_format='tf', signatures=...) or "
             f"tf.saved_model.save(model, fn_args.serving_model_dir)."
         )
-
-
-def _skip_autograph_for_tf_keras() -> None:
-    """Tell autograph to leave tf_keras' own code alone.
-
-    TensorFlow's autograph skips the library `keras` but not `tf_keras`, the
-    name Keras 2 has since TF 2.16 (and what tf.Transform's layer is built
-    on). Converting Keras internals line by line costs ~20 s per traced
-    function (the first training step, each exported signature) and changes
-    nothing: it is the same code autograph skipped under its old name."""
-    from tensorflow.python.autograph.core import config as autograph_config
-
-    rules = autograph_config.CONVERSION_RULES
-    if not any(getattr(rule, "_prefix", None) == "tf_keras" for rule in rules):
-        autograph_config.CONVERSION_RULES = (autograph_config.DoNotConvert("tf_keras"),) + tuple(rules)

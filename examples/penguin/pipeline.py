@@ -75,6 +75,8 @@ def create_pipeline(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=baseline.outputs["model"],
+        # With the schema, TFMA decodes examples in batches (several times faster).
+        schema=schema_gen.outputs["schema"],
         eval_config=EvalConfig(
             model_specs=[
                 ModelSpec(
