@@ -7,7 +7,9 @@ import os
 import threading
 
 from conveyor.artifacts import Examples, Model, Schema
+from conveyor.components.base import ExecutionContext
 from conveyor.components.function import InputArtifact, OutputArtifact, Parameter, component
+from conveyor.pipeline.dsl import Component
 
 # Two nodes that must run at the same time meet at this barrier.
 BARRIER = threading.Barrier(2, timeout=20)
@@ -40,3 +42,20 @@ def explode(examples: InputArtifact[Examples], model: OutputArtifact[Model]) -> 
     with open(os.path.join(model.uri, "partial.txt"), "w") as f:
         f.write("half-written")
     raise ValueError("bad rows in the input")
+
+
+def _record_beam_options(inputs: dict, outputs: dict, params: object, ctx: ExecutionContext) -> str:
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+
+    options = PipelineOptions(ctx.beam_pipeline_args).view_as(DirectOptions)
+    with open(os.path.join(outputs["model"][0].uri, "options.txt"), "w") as f:
+        f.write(f"{options.direct_running_mode} {options.direct_num_workers}")
+    return " ".join(ctx.beam_pipeline_args)
+
+
+class BeamProbe(Component):
+    """A Beam component that records the Beam options it was given."""
+
+    OUTPUTS = {"model": Model}
+    EXECUTOR = staticmethod(_record_beam_options)
+    USES_BEAM = True

@@ -9,7 +9,7 @@ from ml_metadata.proto import metadata_store_pb2 as pb
 
 from conveyor import LocalRunner, Pipeline, RunFailedError
 from conveyor.metadata.store import ERROR, Metadata
-from tests.lightweight import count_rows, explode, make_rows, meet
+from tests.lightweight import BeamProbe, count_rows, explode, make_rows, meet
 
 
 def _pipeline(root, n=3, extra=()):
@@ -119,3 +119,26 @@ def test_downstream_of_failure_is_skipped(tmp_path):
     assert result.nodes["explode"].state == "FAILED"
     assert result.nodes["after_bad"].state == "SKIPPED"
     assert result.nodes["after_bad"].execution_id is None
+
+
+def test_beam_args_per_pipeline_and_per_component_component_wins(tmp_path):
+    pipeline_args = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    plain = BeamProbe(id="plain")
+    own = BeamProbe(id="own", beam_pipeline_args=["--direct_num_workers=3", "--some_runner_flag=kept"])
+    light = make_rows()  # not a Beam component: gets no Beam args
+    result = _quiet().run(Pipeline("beam", str(tmp_path), [plain, own, light], beam_pipeline_args=pipeline_args))
+
+    def options(node):
+        return open(os.path.join(result.outputs(node, "model")[0].uri, "options.txt")).read()
+
+    assert options("plain") == "multi_processing 2"
+    assert options("own") == "multi_processing 3"
+    md = Metadata(result.metadata_path)
+    [e] = md.store.get_executions_by_id([result.nodes["own"].execution_id])
+    assert e.last_known_state == pb.Execution.COMPLETE
+    # Unknown flags pass through to the runner untouched.
+    lines = []
+    LocalRunner(echo=lines.append, enable_cache=False).run(
+        Pipeline("beam", str(tmp_path), [BeamProbe(id="own", beam_pipeline_args=["--some_runner_flag=kept"])])
+    )
+    assert any("--some_runner_flag=kept" in line for line in lines)
