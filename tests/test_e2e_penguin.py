@@ -6,17 +6,22 @@ from __future__ import annotations
 import csv
 import os
 
+import pytest
+
 from conveyor import LocalRunner
 from tests.examples import example_dir, load_example
 
 PENGUIN = example_dir("penguin")
 
 
-def test_penguin_pipeline_pushes_a_model_that_classifies_raw_rows(tmp_path):
+@pytest.mark.parametrize("examples_format", ["parquet", "tfrecords_gzip"])
+def test_penguin_pipeline_pushes_a_model_that_classifies_raw_rows(tmp_path, examples_format):
     import tensorflow as tf
 
     penguin = load_example("penguin")
-    result = LocalRunner(echo=print).run(penguin.create_pipeline(str(tmp_path / "root")))
+    pipeline = penguin.create_pipeline(str(tmp_path / "root"), examples_format=examples_format)
+    result = LocalRunner(echo=print).run(pipeline)
+    assert result.outputs("csv_example_gen", "examples")[0].get("file_format") == examples_format
     assert all(n.state == "COMPLETE" for n in result.nodes.values())
     [pushed] = result.outputs("pusher", "pushed_model")
     assert pushed.get("pushed") == 1

@@ -169,6 +169,28 @@ def test_csv_penguin(tmp_path):
     assert both.schema.field("species").type == pa.int64()
 
 
+def test_tfrecord_output_holds_the_same_rows_as_tf_examples(tmp_path):
+    gen = CsvExampleGen(input_base=os.path.dirname(PENGUIN_CSV), output_file_format="tfrecords_gzip")
+    examples = _run(gen, str(tmp_path / "out"))
+    assert examples.get("file_format") == "tfrecords_gzip"
+    parquet = _run(CsvExampleGen(input_base=os.path.dirname(PENGUIN_CSV)), str(tmp_path / "parquet"))
+    decoder = example_coder.ExamplesToRecordBatchDecoder()
+    for split in examples.splits:
+        files = examples_io.split_files(examples, split)
+        assert files and all(f.endswith(".gz") for f in files)
+        records = [r for f in files for r in _read_tfrecord(f)]
+        decoded = decoder.DecodeBatch(records)
+        expected = _split_table(parquet, split)
+        assert decoded.num_rows == expected.num_rows
+        species = [v[0] for v in decoded.column(decoded.schema.get_field_index("species")).to_pylist()]
+        assert species == expected.column("species").to_pylist()
+
+
+def test_unknown_output_file_format_suggests_name():
+    with pytest.raises(PipelineDefinitionError, match="Did you mean 'parquet'"):
+        CsvExampleGen(input_base="x", output_file_format="parquett")
+
+
 def test_span_and_version_pick_the_latest(tmp_path):
     base = tmp_path / "data"
     _copy_taxi_rows(str(base / "span-1" / "ver-1" / "a.csv"), 0, 100)

@@ -431,16 +431,6 @@ def _single(inputs: dict[str, list[Artifact]], key: str, ctx: ExecutionContext) 
     return artifacts[0] if artifacts else None
 
 
-def flat_batch_to_examples(batch: Any) -> list[bytes]:
-    """Serialized tf.Examples of the rows of a flat Arrow batch (a null becomes
-    an empty value list, as CSV-made tf.Examples hold a missing value)."""
-    from tfx_bsl.coders.example_coder import RecordBatchToExamplesEncoder
-
-    from conveyor.components.examples_io import as_list_batch
-
-    return RecordBatchToExamplesEncoder().encode(as_list_batch(batch))
-
-
 def _read_serialized_examples(pipeline: Any, examples: Examples, split: str) -> Any:
     """A PCollection of serialized tf.Example rows of one split, whatever the file format."""
     import apache_beam as beam
@@ -453,7 +443,7 @@ def _read_serialized_examples(pipeline: Any, examples: Examples, split: str) -> 
         )
     return examples_io.beam_read_batches(
         pipeline, examples, split, label=f"ReadBatches[{split}]"
-    ) | f"ToTFExample[{split}]" >> beam.FlatMap(flat_batch_to_examples)
+    ) | f"ToTFExample[{split}]" >> beam.FlatMap(examples_io.encode_examples)
 
 
 def run(

@@ -41,8 +41,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from conveyor.artifacts import Artifact, Examples
+from conveyor.components import examples_io
 from conveyor.components.base import ExecutionContext
-from conveyor.errors import PipelineDefinitionError
+from conveyor.errors import PipelineDefinitionError, closest
 from conveyor.pipeline.dsl import Component
 
 __all__ = [
@@ -212,6 +213,9 @@ class CsvExampleGenParams:
     input_base: str
     input_config: Input = Input()
     output_config: Output = Output()
+    # "parquet" (fastest to decode) or "tfrecords_gzip" (tf.Example, for
+    # tools that read TFX's format).
+    output_file_format: str = "parquet"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,6 +224,7 @@ class ImportExampleGenParams:
     payload_format: str = "tfrecord"  # "tfrecord" (tf.Example, gzipped or not) or "parquet"
     input_config: Input = Input()
     output_config: Output = Output()
+    output_file_format: str = "parquet"  # or "tfrecords_gzip", as CsvExampleGenParams
 
 
 _PAYLOAD_FORMATS = ("tfrecord", "parquet")
@@ -232,6 +237,12 @@ class _ExampleGen(Component):
         _check_configs(self._where(), self.params.input_config, self.params.output_config)
         if not self.params.input_base:
             raise PipelineDefinitionError(f"{self._where()}: input_base must be a directory path.")
+        formats = (examples_io.PARQUET, examples_io.TFRECORDS_GZIP)
+        if self.params.output_file_format not in formats:
+            raise PipelineDefinitionError(
+                f"{self._where()}: output_file_format {self.params.output_file_format!r} is not one of "
+                f"{list(formats)}.{closest(self.params.output_file_format, formats)}"
+            )
 
     def external_fingerprints(self) -> dict[str, str]:
         """Per input split, a sha256 over the names (relative to input_base)
@@ -700,6 +711,7 @@ def _generate(
     output_config: Output,
     ctx: ExecutionContext,
     read: Any,
+    file_format: str = examples_io.PARQUET,
 ) -> None:
     """Resolve the input, let `read(files_by_split, exact, workdir)` give
     (schema, batches) per input split, partition and write them; publish
@@ -727,6 +739,9 @@ def _generate(
                         f"input (columns: {schema.names}). Name one of them."
                     )
             counts = _partition(sources, output_config, staging)
+            if file_format == examples_io.TFRECORDS_GZIP:
+                for name in counts:
+                    examples_io.parquet_to_tfrecords(os.path.join(staging, f"Split-{name}"))
             for name in counts:
                 os.rename(os.path.join(staging, f"Split-{name}"), os.path.join(out.uri, f"Split-{name}"))
             return counts
@@ -744,7 +759,7 @@ def _generate(
     out.splits = list(counts)
     out.set("span", resolved.span)
     out.set("version", resolved.version or 0)
-    out.custom_properties["file_format"] = "parquet"
+    out.custom_properties["file_format"] = file_format
     out.custom_properties["input_base"] = os.path.abspath(input_base)
     out.custom_properties["input_fingerprint"] = _fingerprint(resolved.files)
     out.custom_properties["input_files"] = json.dumps(
@@ -761,7 +776,10 @@ def run_csv(
 ) -> None:
     """CsvExampleGen's executor."""
     del inputs
-    _generate(outputs, params.input_base, params.input_config, params.output_config, ctx, _read_csv)
+    _generate(
+        outputs, params.input_base, params.input_config, params.output_config, ctx, _read_csv,
+        params.output_file_format,
+    )
 
 
 def run_import(
@@ -773,7 +791,9 @@ def run_import(
     """ImportExampleGen's executor."""
     del inputs
     read = _read_tfrecord if params.payload_format == "tfrecord" else _read_parquet
-    _generate(outputs, params.input_base, params.input_config, params.output_config, ctx, read)
+    _generate(
+        outputs, params.input_base, params.input_config, params.output_config, ctx, read, params.output_file_format
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -1047,13 +1067,6 @@ def _conform(batch: Any, schema: Any) -> Any:
 _RECORDS_PER_BATCH = 8192
 
 
-def _masked_crc(data: bytes) -> int:
-    import google_crc32c
-
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
 def _tfrecord_records(path: str) -> Iterator[bytes]:
     """The records of a TFRecord file, gzipped or not, checking the
     checksums of each."""
@@ -1084,7 +1097,7 @@ def _tfrecord_records(path: str) -> Iterator[bytes]:
                 if len(buf) - pos < 12:
                     raise _InputProblem(f"TFRecord file {path} is truncated in record #{index}. {hint}")
                 length, length_crc = header.unpack_from(buf, pos)
-                if _masked_crc(buf[pos:pos + 8]) != length_crc:
+                if examples_io.masked_crc(buf[pos:pos + 8]) != length_crc:
                     raise _InputProblem(
                         f"file {path} is not a TFRecord file: record #{index} has a bad header. {hint}"
                     )
@@ -1096,7 +1109,7 @@ def _tfrecord_records(path: str) -> Iterator[bytes]:
                 if len(buf) < end:
                     raise _InputProblem(f"TFRecord file {path} is truncated in record #{index}. {hint}")
                 data = buf[pos + 12:end - 4]
-                if _masked_crc(data) != footer.unpack_from(buf, end - 4)[0]:
+                if examples_io.masked_crc(data) != footer.unpack_from(buf, end - 4)[0]:
                     raise _InputProblem(
                         f"TFRecord file {path}: record #{index} fails its checksum (corrupt file). {hint}"
                     )

@@ -27,6 +27,10 @@ __all__ = [
     "split_files",
     "as_list_batch",
     "beam_read_batches",
+    "encode_examples",
+    "masked_crc",
+    "write_tfrecords_gz",
+    "parquet_to_tfrecords",
 ]
 
 PARQUET = "parquet"
@@ -100,3 +104,49 @@ def _table_batches(table: Any) -> list[Any]:
     if hasattr(table, "to_batches"):
         return [b for b in table.to_batches() if b.num_rows]
     return [table]
+
+
+def encode_examples(batch: Any) -> list[bytes]:
+    """Serialized tf.Examples of the rows of a flat Arrow batch (a null becomes
+    an empty value list, as CSV-made tf.Examples hold a missing value)."""
+    from tfx_bsl.coders.example_coder import RecordBatchToExamplesEncoder
+
+    return RecordBatchToExamplesEncoder().encode(as_list_batch(batch))
+
+
+def masked_crc(data: bytes) -> int:
+    """TFRecord's masked CRC32C of a length or a record."""
+    import google_crc32c
+
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def write_tfrecords_gz(path: str, records: Any) -> int:
+    """Write records as a gzipped TFRecord file (without TensorFlow); returns
+    how many were written."""
+    import gzip
+    import struct
+
+    count = 0
+    with gzip.open(path, "wb") as f:
+        for record in records:
+            length = struct.pack("<Q", len(record))
+            f.write(length + struct.pack("<I", masked_crc(length)) + record + struct.pack("<I", masked_crc(record)))
+            count += 1
+    return count
+
+
+def parquet_to_tfrecords(split_dir: str) -> None:
+    """Turn the `data-*.parquet` files of a split directory into gzipped
+    TFRecord files of tf.Example with the same names but `.gz`."""
+    import pyarrow.parquet as pq
+
+    for path in sorted(glob.glob(os.path.join(split_dir, "data-*" + _EXT[PARQUET]))):
+        records = (
+            example
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=8192)
+            for example in encode_examples(batch)
+        )
+        write_tfrecords_gz(path[: -len(_EXT[PARQUET])] + _EXT[TFRECORDS_GZIP], records)
+        os.remove(path)
