@@ -59,3 +59,12 @@ class BeamProbe(Component):
     OUTPUTS = {"model": Model}
     EXECUTOR = staticmethod(_record_beam_options)
     USES_BEAM = True
+
+
+# Set by a test to let `wait_for_release` finish.
+RELEASE = threading.Event()
+
+
+@component
+def wait_for_release(rows: OutputArtifact[Examples]) -> None:
+    RELEASE.wait(timeout=20)

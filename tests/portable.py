@@ -21,16 +21,22 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["PortableServices", "free_port"]
+__all__ = ["PortableServices", "free_ports"]
 
 START_TIMEOUT = 120.0  # seconds; a service imports Beam (and TF via TFX-BSL) before it listens
 STOP_TIMEOUT = 10.0
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """n distinct ports nothing listens on now (all held open while choosing)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("localhost", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _accepts(port: int) -> bool:
@@ -59,12 +65,14 @@ class _Service:
             return "".join(f.readlines()[-lines:])
 
     def wait_ready(self, deadline: float) -> None:
-        while not _accepts(self.port):
+        while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(
                     f"{self.name} exited with code {self.proc.returncode} before listening on port "
                     f"{self.port}; its log {self.log_path} ends with:\n{self.log_tail()}"
                 )
+            if _accepts(self.port):
+                return
             if time.monotonic() > deadline:
                 raise RuntimeError(
                     f"{self.name} did not accept connections on port {self.port} within "
@@ -103,7 +111,7 @@ class PortableServices:
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         staging = os.path.join(self.workdir, "staging")
-        self.job_port, self.worker_port = free_port(), free_port()
+        self.job_port, self.worker_port = free_ports(2)
         try:
             self._services = [
                 _Service("job_service", [

@@ -142,3 +142,22 @@ def test_beam_args_per_pipeline_and_per_component_component_wins(tmp_path):
         Pipeline("beam", str(tmp_path), [BeamProbe(id="own", beam_pipeline_args=["--some_runner_flag=kept"])])
     )
     assert any("--some_runner_flag=kept" in line for line in lines)
+
+
+def test_interrupted_run_leaves_no_execution_running(tmp_path):
+    from tests.lightweight import RELEASE, wait_for_release
+
+    def interrupt(line: str) -> None:
+        if "running" in line:
+            raise KeyboardInterrupt
+
+    RELEASE.clear()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            LocalRunner(echo=interrupt).run(Pipeline("stop", str(tmp_path), [wait_for_release()]))
+    finally:
+        RELEASE.set()
+    md = Metadata(os.path.join(str(tmp_path), "metadata.sqlite"))
+    [e] = md.store.get_executions()
+    assert e.last_known_state == pb.Execution.CANCELED
+    assert "KeyboardInterrupt" in e.custom_properties[ERROR].string_value

@@ -96,7 +96,8 @@ class LocalRunner:
         running: dict[futures.Future, tuple[Component, int, dict, list, float]] = {}
         failed: NodeResult | None = None
 
-        with futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="conveyor") as pool:
+        pool = futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="conveyor")
+        try:
             while True:
                 # Start every node whose upstream is done, unless something failed.
                 # Cached and resolver nodes finish at once, which may ready more.
@@ -124,6 +125,24 @@ class LocalRunner:
                     self._collect(component, result, produced)
                     if result.state == "FAILED" and failed is None:
                         failed = result
+        except BaseException as e:
+            # Interrupted (Ctrl-C) or broken: no execution is left RUNNING in MLMD,
+            # and nothing half-written stays on disk.
+            by_id = {c.id: c for c in pipeline.components}
+            for execution in md.executions(run_ctx.id):
+                if execution.last_known_state != mdstore._pb().Execution.RUNNING:
+                    continue
+                component = by_id[execution.custom_properties[mdstore.COMPONENT_ID].string_value]
+                for key in component.outputs:
+                    shutil.rmtree(os.path.join(pipeline.root, component.id, key, str(execution.id)), ignore_errors=True)
+                md.finish_execution(
+                    execution.id, [pipeline_ctx, run_ctx], {}, state="CANCELED",
+                    properties={mdstore.ERROR: f"run stopped: {type(e).__name__}: {e}"},
+                )
+                self.echo(f"  {component.id:<28} CANCELED")
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
         for component in pipeline.components:
             if component.id not in results:
                 results[component.id] = NodeResult(component.id, "SKIPPED")
