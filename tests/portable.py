@@ -13,12 +13,14 @@ its own process group; stopping kills the groups, workers included.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["PortableServices", "free_ports"]
@@ -47,6 +49,21 @@ def _accepts(port: int) -> bool:
         return False
 
 
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, a function for Popen(preexec_fn=) that has the kernel kill the
+    child when the thread that started it dies: a test run killed with SIGKILL
+    (a cancelled CI job) gets no teardown, and the services would outlive it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the forked child
+    pr_set_pdeathsig = 1
+
+    def set_pdeathsig() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+    return set_pdeathsig
+
+
 class _Service:
     def __init__(self, name: str, argv: list[str], port: int, workdir: str, env: dict[str, str]) -> None:
         self.name = name
@@ -57,7 +74,7 @@ class _Service:
         # its worker processes join: one killpg stops them all.
         self.proc = subprocess.Popen(
             argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent(),
         )
 
     def log_tail(self, lines: int = 40) -> str:
