@@ -8,7 +8,6 @@ import os
 import shutil
 import struct
 
-import google_crc32c
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
@@ -79,10 +78,8 @@ def _copy_taxi_rows(dst: str, start: int, stop: int) -> int:
 
 
 def _write_tfrecord(path: str, records: list[bytes]) -> None:
-    def masked(data: bytes) -> int:
-        crc = google_crc32c.value(data)
-        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
+    """An uncompressed TFRecord file (examples_io writes only gzipped ones)."""
+    masked = examples_io.masked_crc
     with open(path, "wb") as f:
         for r in records:
             length = struct.pack("<Q", len(r))
