@@ -55,9 +55,16 @@ def upstream(md: Metadata, artifact_id: int, _seen: dict[int, LineageStep] | Non
     return step
 
 
-def format_lineage(step: LineageStep, indent: str = "") -> str:
+def format_lineage(step: LineageStep, indent: str = "", _shown: set[int] | None = None) -> str:
+    """The lineage tree as indented text; an artifact reached twice (the
+    examples feeding both StatisticsGen and Transform) is spelled out once."""
+    shown = set() if _shown is None else _shown
     a = step.artifact
     lines = [f"{indent}{a.TYPE_NAME} #{a.id}  {a.uri}"]
+    if a.id in shown and step.execution_id is not None:
+        lines[0] += "  (see above)"
+        return lines[0]
+    shown.add(a.id)
     if step.execution_id is not None:
         lines.append(f"{indent}  <- {step.component_id} ({step.component_type.rsplit('.', 1)[-1]}), "
                      f"execution #{step.execution_id}")
@@ -69,7 +76,7 @@ def format_lineage(step: LineageStep, indent: str = "") -> str:
         for key, children in step.inputs.items():
             for child in children:
                 lines.append(f"{indent}     [{key}]")
-                lines.append(format_lineage(child, indent + "       "))
+                lines.append(format_lineage(child, indent + "       ", shown))
     return "\n".join(lines)
 
 
