@@ -45,9 +45,6 @@ class ExecutionContext:
     execution_id: int = 0
     beam_pipeline_args: list[str] = dataclasses.field(default_factory=list)
     tmp_dir: str = ""
-    # Filled by the orchestrator for components that need MLMD-derived facts
-    # (e.g. the id of the candidate model); executors treat it as read-only.
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def beam_pipeline(self) -> Any:
         """A Beam pipeline on the user's runner; the in-memory DirectRunner by
@@ -55,10 +52,9 @@ class ExecutionContext:
         import apache_beam as beam
         from apache_beam.options.pipeline_options import PipelineOptions
 
-        args = list(self.beam_pipeline_args)
         # Workers of a multi-process or remote runner import our DoFns from the
         # installed package; they must not depend on the parent's memory.
-        return beam.Pipeline(options=PipelineOptions(args))
+        return beam.Pipeline(options=PipelineOptions(list(self.beam_pipeline_args)))
 
     def error(self, message: str) -> ExecutorError:
         return ExecutorError(f"{self.component_id}: {message}")
