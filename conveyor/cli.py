@@ -2,7 +2,8 @@
 
     conveyor run PIPELINE.py [--no-cache] [BEAM FLAGS, e.g. --direct_num_workers=2 ...]
     conveyor compile PIPELINE.py
-    conveyor lineage PIPELINE.py (--artifact ID | --pushed)
+    conveyor lineage PIPELINE.py [--artifact ID]
+    conveyor runs PIPELINE.py [--last N]
     conveyor schema show SCHEMA.pbtxt
     conveyor schema diff A.pbtxt B.pbtxt
 
@@ -86,6 +87,18 @@ def _lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runs(args: argparse.Namespace) -> int:
+    from conveyor.metadata.lineage import run_history
+    from conveyor.metadata.store import Metadata
+
+    pipeline = load_pipeline(args.pipeline)
+    if not os.path.exists(pipeline.metadata):
+        print(f"no metadata store at {pipeline.metadata}: run the pipeline first", file=sys.stderr)
+        return 1
+    print(run_history(Metadata(pipeline.metadata), pipeline.name, args.last))
+    return 0
+
+
 def _schema(args: argparse.Namespace) -> int:
     from conveyor.schema import cli as schema_cli
 
@@ -124,6 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     lin.add_argument("pipeline")
     lin.add_argument("--artifact", type=int, help="an MLMD artifact id")
     lin.set_defaults(func=_lineage)
+
+    runs = sub.add_parser("runs", help="the last runs: each node's state, time, re-run reason, error")
+    runs.add_argument("pipeline")
+    runs.add_argument("--last", type=int, default=5, help="how many runs (default 5)")
+    runs.set_defaults(func=_runs)
 
     schema = sub.add_parser("schema", help="show or diff schema.pbtxt files")
     schema_sub = schema.add_subparsers(dest="schema_command", required=True)

@@ -89,3 +89,20 @@ def test_definition_errors_are_reported_not_traced(tmp_path):
     assert out.returncode == 2
     assert "error:" in out.stderr and "Did you mean 'n'?" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_runs_lists_states_reasons_and_errors(tmp_path):
+    path = tmp_path / "pipeline.py"
+    path.write_text(PIPELINE)
+    assert conveyor("run", str(path)).returncode == 0
+    path.write_text(PIPELINE.replace("make()", "make(n=5)").replace('return "fitted"', 'raise ValueError("no rows")'))
+    failed = conveyor("run", str(path))
+    assert failed.returncode == 1 and "no rows" in failed.stderr
+    out = conveyor("runs", str(path))
+    assert out.returncode == 0, out.stderr
+    newest, oldest = out.stdout.split("run ")[1:3]
+    # The function components live in the pipeline file, so its code changed too.
+    assert "make" in newest and "parameter 'n' changed (2 -> 5)" in newest
+    assert "code file pipeline.py changed" in newest
+    assert "fit" in newest and "FAILED" in newest and "no rows" in newest
+    assert oldest.count("COMPLETE") == 2

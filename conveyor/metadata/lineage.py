@@ -12,9 +12,9 @@ import json
 from typing import Any
 
 from conveyor.artifacts import Artifact
-from conveyor.metadata.store import CACHE_KEY_PARTS, COMPONENT_ID, Metadata, _get_value
+from conveyor.metadata.store import CACHE_KEY_PARTS, COMPONENT_ID, ERROR, RERUN_REASON, Metadata, _get_value, _pb
 
-__all__ = ["LineageStep", "upstream", "format_lineage", "find_artifact_by_property"]
+__all__ = ["LineageStep", "upstream", "format_lineage", "find_artifact_by_property", "run_history"]
 
 _HIDDEN = {CACHE_KEY_PARTS, "__cache_key__", "__rerun_reason__"}
 
@@ -84,3 +84,29 @@ def find_artifact_by_property(md: Metadata, type_cls: type[Artifact], name: str,
     """The newest artifact of a type whose property `name` equals `value`."""
     matches = [a for a in md.artifacts_of_type(type_cls) if a.get(name) == value]
     return max(matches, key=lambda a: a.id or 0, default=None)
+
+
+def run_history(md: Metadata, pipeline_name: str, last: int = 5) -> str:
+    """The last runs of a pipeline, newest first: each node's state, how long
+    it took, why it re-ran and, for a failure, the first line of its error."""
+    pb = _pb()
+    runs = [
+        c for c in md.store.get_contexts_by_type("pipeline_run")
+        if c.properties["pipeline_name"].string_value == pipeline_name
+    ]
+    lines = []
+    for run in sorted(runs, key=lambda c: c.create_time_since_epoch, reverse=True)[:last]:
+        executions = sorted(md.executions(run.id), key=lambda e: e.id)
+        lines.append(f"run {run.name}")
+        for e in executions:
+            props = e.custom_properties
+            node = props[COMPONENT_ID].string_value if COMPONENT_ID in props else f"execution {e.id}"
+            state = pb.Execution.State.Name(e.last_known_state)
+            seconds = (e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000
+            line = f"  {node:<30} {state:<9} {seconds:7.1f}s  execution #{e.id}"
+            if RERUN_REASON in props:
+                line += f"  re-run: {props[RERUN_REASON].string_value}"
+            if ERROR in props:
+                line += f"  error: {props[ERROR].string_value.splitlines()[0]}"
+            lines.append(line)
+    return "\n".join(lines) if lines else f"no runs of pipeline {pipeline_name!r} recorded"
