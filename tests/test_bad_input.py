@@ -87,6 +87,16 @@ def _run_with(root, upstream, *extra):
     return _quiet().run(Pipeline("penguin_bad", str(root / "root"), [*upstream, *extra]))
 
 
+def _trainer_after_penguin_transform(gen, schema, module_file: str) -> tuple[Transform, Trainer]:
+    transform = Transform(examples=gen.outputs["examples"], schema=schema.outputs["schema"], module_file=PENGUIN_MODULE)
+    trainer = Trainer(
+        module_file=module_file,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+    )
+    return transform, trainer
+
+
 def test_module_file_with_syntax_error_names_file_and_line(penguin_upstream):
     root, (gen, stats, schema) = penguin_upstream
     module = root / "broken_utils.py"
@@ -114,12 +124,7 @@ def test_module_file_without_preprocessing_fn_or_run_fn(penguin_upstream):
         _run_with(root, [gen, stats, schema], transform)
     assert "preprocessing_fn" in str(e.value) and "empty_utils.py" in str(e.value)
 
-    good = Transform(examples=gen.outputs["examples"], schema=schema.outputs["schema"], module_file=PENGUIN_MODULE)
-    trainer = Trainer(
-        module_file=str(module),
-        examples=good.outputs["transformed_examples"],
-        transform_graph=good.outputs["transform_graph"],
-    )
+    good, trainer = _trainer_after_penguin_transform(gen, schema, str(module))
     with pytest.raises(RunFailedError) as e:
         _run_with(root, [gen, stats, schema], good, trainer)
     assert e.value.component_id == "trainer"
@@ -131,12 +136,7 @@ def test_run_fn_that_writes_no_model(penguin_upstream):
     root, (gen, stats, schema) = penguin_upstream
     module = root / "lazy_utils.py"
     module.write_text("def run_fn(fn_args):\n    pass  # trains nothing, saves nothing\n")
-    good = Transform(examples=gen.outputs["examples"], schema=schema.outputs["schema"], module_file=PENGUIN_MODULE)
-    trainer = Trainer(
-        module_file=str(module),
-        examples=good.outputs["transformed_examples"],
-        transform_graph=good.outputs["transform_graph"],
-    )
+    good, trainer = _trainer_after_penguin_transform(gen, schema, str(module))
     with pytest.raises(RunFailedError) as e:
         _run_with(root, [gen, stats, schema], good, trainer)
     assert e.value.component_id == "trainer"

@@ -14,7 +14,7 @@ from typing import Any
 from conveyor.artifacts import Artifact
 from conveyor.metadata.store import CACHE_KEY_PARTS, COMPONENT_ID, ERROR, RERUN_REASON, Metadata, _get_value, _pb
 
-__all__ = ["LineageStep", "upstream", "format_lineage", "find_artifact_by_property", "run_history"]
+__all__ = ["LineageStep", "upstream", "format_lineage", "run_history"]
 
 _HIDDEN = {CACHE_KEY_PARTS, "__cache_key__", "__rerun_reason__"}
 
@@ -78,12 +78,6 @@ def format_lineage(step: LineageStep, indent: str = "", _shown: set[int] | None 
                 lines.append(f"{indent}     [{key}]")
                 lines.append(format_lineage(child, indent + "       ", shown))
     return "\n".join(lines)
-
-
-def find_artifact_by_property(md: Metadata, type_cls: type[Artifact], name: str, value: Any) -> Artifact | None:
-    """The newest artifact of a type whose property `name` equals `value`."""
-    matches = [a for a in md.artifacts_of_type(type_cls) if a.get(name) == value]
-    return max(matches, key=lambda a: a.id or 0, default=None)
 
 
 def run_history(md: Metadata, pipeline_name: str, last: int = 5) -> str:

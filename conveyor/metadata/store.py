@@ -18,7 +18,7 @@ from typing import Any
 
 from conveyor.artifacts import ARTIFACT_TYPES, Artifact
 
-__all__ = ["Metadata", "STATES"]
+__all__ = ["Metadata"]
 
 # Execution custom properties Conveyor itself writes.
 CACHE_KEY = "__cache_key__"
@@ -27,7 +27,6 @@ ERROR = "__error__"
 COMPONENT_ID = "__component_id__"
 RERUN_REASON = "__rerun_reason__"
 
-STATES = ("NEW", "RUNNING", "COMPLETE", "FAILED", "CACHED", "CANCELED")
 
 
 def _pb() -> Any:
