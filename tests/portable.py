@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["PortableServices", "free_ports"]
+__all__ = ["PortableServices", "free_ports", "accepts", "die_with_parent"]
 
 START_TIMEOUT = 120.0  # seconds; a service imports Beam (and TF via TFX-BSL) before it listens
 STOP_TIMEOUT = 10.0
@@ -41,7 +41,7 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _accepts(port: int) -> bool:
+def accepts(port: int) -> bool:
     try:
         with socket.create_connection(("localhost", port), timeout=0.5):
             return True
@@ -49,7 +49,7 @@ def _accepts(port: int) -> bool:
         return False
 
 
-def _die_with_parent() -> Callable[[], None] | None:
+def die_with_parent() -> Callable[[], None] | None:
     """On Linux, a function for Popen(preexec_fn=) that has the kernel kill the
     child when the thread that started it dies: a test run killed with SIGKILL
     (a cancelled CI job) gets no teardown, and the services would outlive it."""
@@ -74,7 +74,7 @@ class _Service:
         # its worker processes join: one killpg stops them all.
         self.proc = subprocess.Popen(
             argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
-            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent(),
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent(),
         )
 
     def log_tail(self, lines: int = 40) -> str:
@@ -88,7 +88,7 @@ class _Service:
                     f"{self.name} exited with code {self.proc.returncode} before listening on port "
                     f"{self.port}; its log {self.log_path} ends with:\n{self.log_tail()}"
                 )
-            if _accepts(self.port):
+            if accepts(self.port):
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(
