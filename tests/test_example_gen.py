@@ -574,6 +574,42 @@ def test_external_fingerprints_follow_the_input_files(tmp_path):
     assert CsvExampleGen(input_base=str(tmp_path / "missing")).external_fingerprints() == {}
 
 
+def test_external_fingerprints_come_from_file_stats_not_content(tmp_path):
+    """The fingerprint is what the filesystem reports (relative path, size,
+    mtime, checksum), so caching never reads the input. A changed file with a
+    new mtime re-runs ExampleGen; a file rewritten in place with the same size
+    and mtime is not noticed (the documented limitation: touch it or run with
+    --no-cache)."""
+    base = tmp_path / "data"
+    path = base / "data.csv"
+    _copy_taxi_rows(str(path), 0, 50)
+    gen = CsvExampleGen(input_base=str(base))
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - 10_000_000_000))
+    first = gen.external_fingerprints()
+
+    # (a) Same size, different bytes, new modification time: a new fingerprint.
+    content = path.read_bytes()
+    changed = content.replace(b",", b";", 1)
+    assert len(changed) == len(content) and changed != content
+    path.write_bytes(changed)
+    second = gen.external_fingerprints()
+    assert second != first
+
+    # (b) Different bytes again, size and mtime restored: the same fingerprint,
+    # so the files were not read.
+    st = os.stat(path)
+    path.write_bytes(content.replace(b",", b"|", 1))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert gen.external_fingerprints() == second
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # touched: noticed
+    assert gen.external_fingerprints() not in (first, second)
+
+    # Renaming a file changes it too (the path relative to input_base counts).
+    path.rename(base / "other.csv")
+    assert gen.external_fingerprints() not in (first, second)
+
+
 def test_hash_split_is_independent_of_batching(tmp_path):
     """The same rows land in the same split whether they are read as one file
     or as several (other batch boundaries)."""

@@ -26,6 +26,17 @@ same split. The default is train:eval = 2:1.
 
 The executors use pyarrow directly (no Beam): they stream the input in
 blocks, so memory does not grow with the data, and decoding is what costs.
+Every path (input_base, the input files, the output) goes through
+`conveyor.fs`, so input and output may be local, `s3://` or `gs://`.
+
+Caching: the input fingerprint that decides whether ExampleGen re-runs is
+built from what the filesystem reports about each input file, without
+reading it: its path relative to input_base, size, modification time (ns)
+and, on S3 and GCS, the object's checksum (ETag) or generation. So new,
+removed, renamed or rewritten files re-run ExampleGen; but a local file
+rewritten in place with the same size and the same modification time (e.g.
+restored with `os.utime` or `touch -d`) is not noticed and the cached output
+is reused: touch the file (a new modification time) or run with `--no-cache`.
 """
 
 from __future__ import annotations
@@ -37,9 +48,11 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from conveyor import fs
 from conveyor.artifacts import Artifact, Examples
 from conveyor.components import examples_io
 from conveyor.components.base import ExecutionContext
@@ -245,15 +258,17 @@ class _ExampleGen(Component):
             )
 
     def external_fingerprints(self) -> dict[str, str]:
-        """Per input split, a sha256 over the names (relative to input_base)
-        and contents of the files it would read now, so new or changed data
-        (or a new span) re-runs ExampleGen instead of reusing old output."""
+        """Per input split, a sha256 over what the filesystem reports of the
+        files it would read now (path relative to input_base, size,
+        modification time, object checksum where the store gives one; see the
+        module docstring), so new or changed data (or a new span) re-runs
+        ExampleGen instead of reusing old output. No file is read."""
         try:
             resolved = resolve_input(self.params.input_base, self.params.input_config)
         except _InputProblem:
             return {}  # The executor reports it, with what to do.
-        base = os.path.abspath(self.params.input_base)
-        return {split: _content_digest(base, paths) for split, paths in resolved.files.items()}
+        base = fs.abspath(self.params.input_base)
+        return {split: _stat_digest(base, paths) for split, paths in resolved.files.items()}
 
 
 class CsvExampleGen(_ExampleGen):
@@ -352,33 +367,45 @@ def resolve_input(input_base: str, input_config: Input) -> ResolvedInput:
     patterns, those of the latest span and its latest version, as TFX picks
     them. Raises ValueError (saying what to do) when input_base is not a
     directory, a split matches no file, or the splits' latest spans differ."""
-    base = os.path.abspath(input_base)
-    if not os.path.isdir(base):
+    base = fs.abspath(input_base)
+    if not fs.isdir(base):
         raise _InputProblem(
             f"input_base {input_base!r} ({base}) is not a directory. Point input_base at the directory "
             f"that holds the data files."
         )
     found: dict[str, dict[tuple[int, int], list[str]]] = {}
     uses_span = uses_version = False
+    remote_files: list[str] | None = None
     for split in input_config.splits:
         glob_pattern, regex = _pattern_parts(split.pattern)
         uses_span = uses_span or "{SPAN" in split.pattern
         uses_version = uses_version or "{VERSION" in split.pattern
         by_key: dict[tuple[int, int], list[str]] = {}
-        for path in glob.glob(os.path.join(glob.escape(base), glob_pattern)):
-            if not os.path.isfile(path):
-                continue
-            m = regex.match(os.path.relpath(path, base).replace(os.sep, "/"))
+        if fs.is_remote(base):
+            # One listing of the prefix serves every split; object stores
+            # list files only. Hidden names are skipped, as a local glob does.
+            if remote_files is None:
+                remote_files = [
+                    rel for rel in fs.walk_files(base) if not any(p.startswith(".") for p in rel.split("/"))
+                ]
+            candidates = [(fs.join(base, rel), rel) for rel in remote_files]
+        else:
+            candidates = [
+                (path, fs.relpath(path, base).replace(os.sep, "/"))
+                for path in fs.glob(fs.join(glob.escape(base), glob_pattern)) if fs.isfile(path)
+            ]
+        for path, rel in candidates:
+            m = regex.match(rel)
             if not m:
                 continue
             groups = m.groupdict()
             key = (int(groups.get("span") or 0), int(groups.get("version") or 0))
             by_key.setdefault(key, []).append(path)
         if not by_key:
-            listing = sorted(os.listdir(base))[:10]
+            names = fs.listdir(base)
             raise _InputProblem(
                 f"input split {split.name!r}: no file matches pattern {split.pattern!r} under {base} "
-                f"(it holds {listing or 'nothing'}{' ...' if len(os.listdir(base)) > 10 else ''}). "
+                f"(it holds {names[:10] or 'nothing'}{' ...' if len(names) > 10 else ''}). "
                 f"Fix input_config's pattern or put the data files there."
             )
         found[split.name] = by_key
@@ -396,17 +423,15 @@ def resolve_input(input_base: str, input_config: Input) -> ResolvedInput:
     )
 
 
-def _content_digest(base: str, paths: list[str]) -> str:
+def _stat_digest(base: str, paths: list[str]) -> str:
+    """A sha256 over what the filesystem reports of each file (relative
+    path, size, mtime in ns, checksum where given), never its bytes."""
     import hashlib
 
     h = hashlib.sha256()
-    for path in paths:
-        h.update(os.path.relpath(path, base).encode() + b"\0")
-        file_hash = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 22):  # Streamed: inputs can be larger than memory.
-                file_hash.update(chunk)
-        h.update(file_hash.digest())
+    for st in fs.stat_many(paths):
+        rel = fs.relpath(st.path, base).replace(os.sep, "/")
+        h.update(f"{rel}\0{st.size}\0{st.mtime_ns}\0{st.checksum}\n".encode())
     return h.hexdigest()
 
 
@@ -416,10 +441,9 @@ def _fingerprint(files: dict[str, list[str]]) -> str:
     lines = []
     for name, paths in files.items():
         total = xor = summed = 0
-        for p in paths:
-            st = os.stat(p)
-            total += st.st_size
-            mtime = int(st.st_mtime)
+        for st in fs.stat_many(paths):
+            total += st.size
+            mtime = st.mtime_ns // 1_000_000_000
             xor ^= mtime
             summed += mtime
         lines.append(
@@ -545,7 +569,7 @@ class _SplitWriter:
     `data-NNNNN-of-NNNNN.parquet` names."""
 
     def __init__(self, directory: str, schema: Any) -> None:
-        os.makedirs(directory)
+        fs.makedirs(directory)
         self.directory = directory
         self.schema = schema
         self.rows = 0
@@ -567,15 +591,14 @@ class _SplitWriter:
 
     def _flush(self) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         if not self._pending:
             return
         if self._writer is None or self._in_file >= _ROWS_PER_FILE:
             self._close_file()
-            path = os.path.join(self.directory, f"part-{len(self._files):05d}.parquet")
+            path = fs.join(self.directory, f"part-{len(self._files):05d}.parquet")
             self._files.append(path)
-            self._writer = pq.ParquetWriter(path, self.schema)
+            self._writer = _parquet_writer(path, self.schema)
         self._writer.write_table(pa.Table.from_batches(self._pending, self.schema), row_group_size=1 << 30)
         self._in_file += self._pending_rows
         self._pending, self._pending_rows = [], 0
@@ -587,17 +610,30 @@ class _SplitWriter:
             self._in_file = 0
 
     def close(self) -> None:
-        import pyarrow.parquet as pq
-
         self._flush()
         self._close_file()
         if not self._files:  # An empty split still gets a file, so its schema is known.
-            path = os.path.join(self.directory, "part-00000.parquet")
-            pq.ParquetWriter(path, self.schema).close()
+            path = fs.join(self.directory, "part-00000.parquet")
+            _parquet_writer(path, self.schema).close()
             self._files.append(path)
         n = len(self._files)
         for i, path in enumerate(self._files):
-            os.rename(path, os.path.join(self.directory, f"data-{i:05d}-of-{n:05d}.parquet"))
+            fs.rename(path, fs.join(self.directory, f"data-{i:05d}-of-{n:05d}.parquet"))
+
+
+def _parquet_writer(path: str, schema: Any) -> Any:
+    """A ParquetWriter on Arrow's own filesystem for `path` (local or remote)."""
+    import pyarrow.parquet as pq
+
+    filesystem, inner = fs.arrow_filesystem(path)
+    return pq.ParquetWriter(inner, schema, filesystem=filesystem)
+
+
+def _arrow_input(path: str, *, stream: bool = False) -> Any:
+    """An Arrow file (random access) or stream (sequential, read ahead) of an
+    input file, local or remote."""
+    filesystem, inner = fs.arrow_filesystem(path)
+    return filesystem.open_input_stream(inner) if stream else filesystem.open_input_file(inner)
 
 
 class _Prefetch:
@@ -675,7 +711,7 @@ def _partition(
     counts: dict[str, int] = {}
     if len(sources) > 1:
         for name, (schema, batches) in sources.items():
-            writer = _SplitWriter(os.path.join(staging, f"Split-{name}"), schema)
+            writer = _SplitWriter(fs.join(staging, f"Split-{name}"), schema)
             with _Prefetch(batches) as prefetched:
                 for batch in prefetched:
                     writer.write(batch)
@@ -687,7 +723,7 @@ def _partition(
     names = [b.name for b in sc.splits]
     bounds = np.cumsum([b.hash_buckets for b in sc.splits]).astype(np.uint64)
     total = bounds[-1]
-    writers = [_SplitWriter(os.path.join(staging, f"Split-{n}"), schema) for n in names]
+    writers = [_SplitWriter(fs.join(staging, f"Split-{n}"), schema) for n in names]
     with _Prefetch(batches) as prefetched:
         for batch in prefetched:
             hashes = _row_hashes(batch, sc.partition_feature_name)
@@ -715,9 +751,11 @@ def _generate(
 ) -> None:
     """Resolve the input, let `read(files_by_split, exact, workdir)` give
     (schema, batches) per input split, partition and write them; publish
-    only on success. Everything is written under a staging directory inside
-    the output (also `workdir`, read's scratch space) and moved into place at
-    the end, so bad input found late leaves the output empty. `exact` asks
+    only on success. On a local disk everything is written under a staging
+    directory inside the output and renamed into place at the end; on an
+    object store (no atomic rename) the splits are written in place and
+    removed again on failure; either way bad input found late leaves the
+    output empty. `workdir` is local scratch space for `read`. `exact` asks
     for types checked over all the data, after a first attempt raised
     _TypeGuessWrong."""
     out = outputs["examples"][0]
@@ -726,11 +764,18 @@ def _generate(
     except _InputProblem as e:
         raise ctx.error(str(e)) from None
     sc = output_config.split_config
+    remote = fs.is_remote(out.uri)
+    scratch_parent = ctx.tmp_dir if ctx.tmp_dir and not fs.is_remote(ctx.tmp_dir) else None
+    if scratch_parent:
+        fs.makedirs(scratch_parent)
 
     def attempt(exact: bool) -> dict[str, int]:
-        staging = tempfile.mkdtemp(prefix=".staging-", dir=out.uri)
+        staging = out.uri if remote else fs.join(out.uri, f".staging-{uuid.uuid4().hex[:12]}")
+        fs.makedirs(staging)
+        scratch = tempfile.mkdtemp(prefix="example-gen-", dir=scratch_parent)
+        written: list[str] = []
         try:
-            sources = read(resolved.files, exact, staging)
+            sources = read(resolved.files, exact, scratch)
             if sc is not None and sc.partition_feature_name and len(sources) == 1:
                 (schema, _), = sources.values()
                 if sc.partition_feature_name not in schema.names:
@@ -738,15 +783,26 @@ def _generate(
                         f"partition_feature_name {sc.partition_feature_name!r} is not a column of the "
                         f"input (columns: {schema.names}). Name one of them."
                     )
+            names = list(sources) if len(sources) > 1 else [
+                b.name for b in (sc or SplitConfig(splits=_DEFAULT_SPLITS)).splits
+            ]
+            written = [fs.join(staging, f"Split-{name}") for name in names]
             counts = _partition(sources, output_config, staging)
             if file_format == examples_io.TFRECORDS_GZIP:
                 for name in counts:
-                    examples_io.parquet_to_tfrecords(os.path.join(staging, f"Split-{name}"))
-            for name in counts:
-                os.rename(os.path.join(staging, f"Split-{name}"), os.path.join(out.uri, f"Split-{name}"))
+                    examples_io.parquet_to_tfrecords(fs.join(staging, f"Split-{name}"))
+            if not remote:
+                for name in counts:
+                    fs.rename(fs.join(staging, f"Split-{name}"), fs.join(out.uri, f"Split-{name}"))
+            written = []
             return counts
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            if remote:
+                for path in written:  # What a failed attempt left in place.
+                    fs.rmtree(path)
+            else:
+                fs.rmtree(staging)
+            shutil.rmtree(scratch, ignore_errors=True)
 
     try:
         try:
@@ -760,7 +816,7 @@ def _generate(
     out.set("span", resolved.span)
     out.set("version", resolved.version or 0)
     out.custom_properties["file_format"] = file_format
-    out.custom_properties["input_base"] = os.path.abspath(input_base)
+    out.custom_properties["input_base"] = fs.abspath(input_base)
     out.custom_properties["input_fingerprint"] = _fingerprint(resolved.files)
     out.custom_properties["input_files"] = json.dumps(
         {name: paths for name, paths in resolved.files.items()}
@@ -822,11 +878,22 @@ def _csv_options(column_types: dict[str, Any] | None = None) -> dict[str, Any]:
 def _find_line(path: str, text: str) -> int | None:
     """The line number of the first line equal to `text` (1 is the header)."""
     text = text.rstrip("\r\n")
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, 1):
+    with fs.open(path, "rb") as f:
+        for number, line in enumerate(_lines(f), 1):
             if number > 1 and line.rstrip(b"\r\n").decode("utf-8", "replace") == text:
                 return number
     return None
+
+
+def _lines(f: Any) -> Iterator[bytes]:
+    """The lines of a binary file object (local or an Arrow stream), read in blocks."""
+    rest = b""
+    while chunk := f.read(_READ_CHUNK):
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        yield from (line + b"\n" for line in lines)
+    if rest:
+        yield rest
 
 
 def _csv_problem(path: str, error: Exception) -> _InputProblem:
@@ -853,13 +920,13 @@ def _csv_header(path: str) -> list[str]:
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
-    if os.path.getsize(path) == 0:
+    if fs.stat(path).size == 0:
         raise _InputProblem(
             f"CSV file {path} is empty (0 bytes); expected a header line and rows. Remove the file "
             f"or fill it."
         )
     try:
-        reader = pcsv.open_csv(path, **_csv_options())
+        reader = pcsv.open_csv(_arrow_input(path, stream=True), **_csv_options())
     except pa.ArrowInvalid as e:
         raise _csv_problem(path, e) from None
     names = reader.schema.names
@@ -900,7 +967,7 @@ def _sample_kinds(files: list[str], names: list[str]) -> dict[str, str]:
     kinds = dict.fromkeys(names, "null")
     for path in files:
         try:
-            reader = pcsv.open_csv(path, **_csv_options())
+            reader = pcsv.open_csv(_arrow_input(path, stream=True), **_csv_options())
         except pa.ArrowInvalid as e:
             raise _csv_problem(path, e) from None
         for field in reader.schema:
@@ -921,7 +988,7 @@ def _exact_kinds(files: list[str], names: list[str]) -> dict[str, str]:
     as_text = {n: pa.string() for n in names}
     for path in files:
         try:
-            for batch in pcsv.open_csv(path, **_csv_options(as_text)):
+            for batch in pcsv.open_csv(_arrow_input(path, stream=True), **_csv_options(as_text)):
                 for name, column in zip(batch.schema.names, batch.columns, strict=True):
                     kind = kinds[name]
                     if kind == "string" or column.null_count == len(column):
@@ -952,7 +1019,7 @@ def _csv_batches(files: list[str], names: list[str], schema: Any, exact: bool) -
     for path in files:
         rows = 0
         try:
-            reader = pcsv.open_csv(path, **_csv_options(types))
+            reader = pcsv.open_csv(_arrow_input(path, stream=True), **_csv_options(types))
             file_names = reader.schema.names
             for batch in reader:
                 if file_names != names:
@@ -1074,7 +1141,7 @@ def _tfrecord_records(path: str) -> Iterator[bytes]:
     import struct
     import zlib
 
-    with open(path, "rb") as raw:
+    with fs.open(path, "rb") as raw:
         gzipped = raw.read(2) == b"\x1f\x8b"
     hint = (
         "Expected a TFRecord file of tf.Example (gzipped or not); write it with "
@@ -1084,7 +1151,7 @@ def _tfrecord_records(path: str) -> Iterator[bytes]:
     footer = struct.Struct("<I")
     index = 0
     try:
-        with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as f:
+        with fs.open(path, "rb") as raw, (gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw) as f:
             # Parse from a large buffer: a few reads per record would cost more than decoding.
             buf, pos, eof = b"", 0, False
             while True:
@@ -1339,7 +1406,7 @@ def _parquet_schema(files: list[str]) -> Any:
     types: dict[str, Any] = {}
     for path in files:
         try:
-            pf = pq.ParquetFile(path)
+            pf = pq.ParquetFile(_arrow_input(path))
         except (pa.ArrowInvalid, OSError) as e:
             raise _InputProblem(
                 f"file {path} is not a Parquet file ({e}). Expected Parquet files; set payload_format to "
@@ -1361,7 +1428,7 @@ def _parquet_batches(files: list[str], schema: Any) -> Iterator[Any]:
 
     for path in files:
         try:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=_PARQUET_BATCH):
+            for batch in pq.ParquetFile(_arrow_input(path)).iter_batches(batch_size=_PARQUET_BATCH):
                 yield _conform(batch, schema)
         except (pa.ArrowInvalid, OSError) as e:
             raise _InputProblem(

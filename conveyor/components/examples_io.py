@@ -13,10 +13,9 @@ tf.Example decoding gives and tfx_bsl's tensor adapters expect.
 
 from __future__ import annotations
 
-import glob
-import os
 from typing import Any
 
+from conveyor import fs
 from conveyor.artifacts import Examples, split_uri
 
 __all__ = [
@@ -44,11 +43,11 @@ def file_format(examples: Examples) -> str:
 
 def file_pattern(examples: Examples, split: str) -> str:
     """A glob of the data files of one split."""
-    return os.path.join(split_uri(examples, split), "data-*" + _EXT[file_format(examples)])
+    return fs.join(split_uri(examples, split), "data-*" + _EXT[file_format(examples)])
 
 
 def split_files(examples: Examples, split: str) -> list[str]:
-    return sorted(glob.glob(file_pattern(examples, split)))
+    return sorted(fs.glob(file_pattern(examples, split)))
 
 
 def as_list_batch(batch: Any) -> Any:
@@ -123,13 +122,13 @@ def masked_crc(data: bytes) -> int:
 
 
 def write_tfrecords_gz(path: str, records: Any) -> int:
-    """Write records as a gzipped TFRecord file (without TensorFlow); returns
-    how many were written."""
+    """Write records as a gzipped TFRecord file (without TensorFlow), local
+    or remote; returns how many were written."""
     import gzip
     import struct
 
     count = 0
-    with gzip.open(path, "wb") as f:
+    with fs.open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw) as f:
         for record in records:
             length = struct.pack("<Q", len(record))
             f.write(length + struct.pack("<I", masked_crc(length)) + record + struct.pack("<I", masked_crc(record)))
@@ -142,11 +141,13 @@ def parquet_to_tfrecords(split_dir: str) -> None:
     TFRecord files of tf.Example with the same names but `.gz`."""
     import pyarrow.parquet as pq
 
-    for path in sorted(glob.glob(os.path.join(split_dir, "data-*" + _EXT[PARQUET]))):
-        records = (
-            example
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=8192)
-            for example in encode_examples(batch)
-        )
-        write_tfrecords_gz(path[: -len(_EXT[PARQUET])] + _EXT[TFRECORDS_GZIP], records)
-        os.remove(path)
+    for path in fs.glob(fs.join(split_dir, "data-*" + _EXT[PARQUET])):
+        filesystem, inner = fs.arrow_filesystem(path)
+        with filesystem.open_input_file(inner) as source:
+            records = (
+                example
+                for batch in pq.ParquetFile(source).iter_batches(batch_size=8192)
+                for example in encode_examples(batch)
+            )
+            write_tfrecords_gz(path[: -len(_EXT[PARQUET])] + _EXT[TFRECORDS_GZIP], records)
+        fs.remove(path)
