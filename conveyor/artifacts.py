@@ -7,8 +7,9 @@ reads like one written by TFX. Each class documents the files under its URI.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, ClassVar
+
+from conveyor import fs
 
 __all__ = [
     "Artifact",
@@ -90,7 +91,7 @@ class _SplitsMixin:
 
 def split_uri(artifact: Artifact, split: str) -> str:
     """The directory of one split of a split artifact, as TFX lays it out."""
-    return os.path.join(artifact.uri, f"Split-{split}")
+    return fs.join(artifact.uri, f"Split-{split}")
 
 
 class Examples(_SplitsMixin, Artifact):

@@ -1,6 +1,6 @@
 """The `conveyor` command.
 
-    conveyor run PIPELINE.py [--no-cache] [BEAM FLAGS, e.g. --direct_num_workers=2 ...]
+    conveyor run PIPELINE.py [--no-cache] [--metadata PATH] [BEAM FLAGS, e.g. --direct_num_workers=2 ...]
     conveyor compile PIPELINE.py
     conveyor lineage PIPELINE.py [--artifact ID]
     conveyor runs PIPELINE.py [--last N]
@@ -19,10 +19,11 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from conveyor import fs
 from conveyor.errors import ConveyorError, PipelineDefinitionError
 from conveyor.pipeline.dsl import Pipeline
 
-__all__ = ["main", "load_pipeline"]
+__all__ = ["main", "entry", "load_pipeline"]
 
 
 def load_pipeline(path: str) -> Pipeline:
@@ -46,10 +47,23 @@ def load_pipeline(path: str) -> Pipeline:
     return found
 
 
+def _pipeline(args: argparse.Namespace) -> Pipeline:
+    """The pipeline named on the command line, with --metadata applied."""
+    pipeline = load_pipeline(args.pipeline)
+    if getattr(args, "metadata", None):
+        if fs.is_remote(args.metadata):
+            raise PipelineDefinitionError(
+                f"--metadata {args.metadata!r} must be a local path: the SQLite metadata store cannot "
+                f"live on an object store."
+            )
+        pipeline.metadata = os.path.abspath(args.metadata)
+    return pipeline
+
+
 def _run(args: argparse.Namespace) -> int:
     from conveyor.pipeline.runner import LocalRunner
 
-    pipeline = load_pipeline(args.pipeline)
+    pipeline = _pipeline(args)
     runner = LocalRunner(enable_cache=not args.no_cache, beam_pipeline_args=args.beam_arg, max_workers=args.workers)
     result = runner.run(pipeline, raise_on_failure=False)
     failed = [n for n in result.nodes.values() if n.state == "FAILED"]
@@ -70,7 +84,7 @@ def _lineage(args: argparse.Namespace) -> int:
     from conveyor.metadata.lineage import format_lineage, upstream
     from conveyor.metadata.store import Metadata
 
-    pipeline = load_pipeline(args.pipeline)
+    pipeline = _pipeline(args)
     if not os.path.exists(pipeline.metadata):
         print(f"no metadata store at {pipeline.metadata}: run the pipeline first", file=sys.stderr)
         return 1
@@ -91,7 +105,7 @@ def _runs(args: argparse.Namespace) -> int:
     from conveyor.metadata.lineage import run_history
     from conveyor.metadata.store import Metadata
 
-    pipeline = load_pipeline(args.pipeline)
+    pipeline = _pipeline(args)
     if not os.path.exists(pipeline.metadata):
         print(f"no metadata store at {pipeline.metadata}: run the pipeline first", file=sys.stderr)
         return 1
@@ -114,6 +128,13 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
 
 
+def _metadata_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metadata", metavar="PATH",
+        help="the SQLite metadata store (default: the pipeline's; <root>/metadata.sqlite for a local root)",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _quiet_libraries()
     parser = argparse.ArgumentParser(prog="conveyor", description="TFX-style ML pipelines on Beam and MLMD")
@@ -127,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a Beam pipeline flag for every Beam component, e.g. --beam-arg=--direct_num_workers=2",
     )
     run.add_argument("--workers", type=int, default=4, help="components run at the same time (default 4)")
+    _metadata_flag(run)
     run.set_defaults(func=_run)
 
     comp = sub.add_parser("compile", help="print the pipeline's IR as JSON")
@@ -136,11 +158,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     lin = sub.add_parser("lineage", help="what produced an artifact (default: the last pushed model)")
     lin.add_argument("pipeline")
     lin.add_argument("--artifact", type=int, help="an MLMD artifact id")
+    _metadata_flag(lin)
     lin.set_defaults(func=_lineage)
 
     runs = sub.add_parser("runs", help="the last runs: each node's state, time, re-run reason, error")
     runs.add_argument("pipeline")
     runs.add_argument("--last", type=int, default=5, help="how many runs (default 5)")
+    _metadata_flag(runs)
     runs.set_defaults(func=_runs)
 
     schema = sub.add_parser("schema", help="show or diff schema.pbtxt files")
@@ -166,5 +190,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def entry() -> None:
+    """The console script: main(), then exit with its code."""
+    code = main()
+    if fs.tensorflow_io_loaded():
+        # tensorflow-io 0.37's S3 filesystem aborts the interpreter in its
+        # static destructors at exit (tensorflow/io#2039), turning a finished
+        # run into exit code 134. Everything is written and flushed by now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

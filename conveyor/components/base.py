@@ -20,10 +20,12 @@ import importlib
 import importlib.util
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
+from conveyor import fs
 from conveyor.errors import ExecutorError
 
 __all__ = [
@@ -61,13 +63,12 @@ class ExecutionContext:
 
 
 def _load_module_file(path: str, component_id: str) -> ModuleType:
-    if not os.path.isfile(path):
+    if not fs.isfile(path):
         raise ExecutorError(
             f"{component_id}: module file {path!r} does not exist. Pass module_file= the path of a "
             f"Python file, or an import path 'package.module.function'."
         )
-    with open(path, encoding="utf-8") as f:
-        source = f.read()
+    source = fs.read_text(path)
     try:
         compile(source, path, "exec")
     except SyntaxError as e:
@@ -76,9 +77,11 @@ def _load_module_file(path: str, component_id: str) -> ModuleType:
             f"Fix the file and run again."
         ) from e
     digest = hashlib.sha256(source.encode()).hexdigest()[:12]
-    name = f"conveyor_user_{os.path.splitext(os.path.basename(path))[0]}_{digest}"
+    name = f"conveyor_user_{os.path.splitext(fs.basename(path))[0]}_{digest}"
     if name in sys.modules:
         return sys.modules[name]
+    if fs.is_remote(path):
+        path = _local_copy(path)
     directory = os.path.dirname(os.path.abspath(path))
     # The module's own directory is importable, so it can import its siblings.
     if directory not in sys.path:
@@ -95,6 +98,21 @@ def _load_module_file(path: str, component_id: str) -> ModuleType:
             f"{component_id}: importing module file {path} failed: {type(e).__name__}: {e}"
         ) from e
     return module
+
+
+def _local_copy(path: str) -> str:
+    """A module file on an object store, with the local modules it imports,
+    copied to a local folder named by their content (Python imports from
+    local files only); the local path of the module file."""
+    files = user_code_files(path)
+    folder = os.path.join(tempfile.gettempdir(), "conveyor-code", fingerprint_files(files)[:16])
+    base = fs.dirname(path)
+    for f in files:
+        target = os.path.join(folder, *fs.relpath(f, base).split("/"))
+        if not os.path.exists(target):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            fs.copy(f, target)
+    return os.path.join(folder, fs.basename(path))
 
 
 def load_user_function(
@@ -131,20 +149,20 @@ def load_user_function(
 
 def user_code_files(module_file: str) -> list[str]:
     """The module file and the local modules it imports (recursively): the
-    files whose content goes into a component's cache key."""
+    files whose content goes into a component's cache key. Local paths or
+    object-store URIs alike."""
     found: list[str] = []
-    pending = [os.path.abspath(module_file)]
+    pending = [fs.abspath(module_file)]
     while pending:
         path = pending.pop()
-        if path in found or not os.path.isfile(path):
+        if path in found or not fs.isfile(path):
             continue
         found.append(path)
         if not path.endswith(".py"):
             continue  # A data file (ExampleGen's input, a schema): content only, no imports to follow.
-        directory = os.path.dirname(path)
+        directory = fs.dirname(path)
         try:
-            with open(path, encoding="utf-8") as f:
-                tree = ast.parse(f.read(), path)
+            tree = ast.parse(fs.read_text(path), path)
         except (SyntaxError, UnicodeDecodeError):
             continue  # The executor reports it with file and line.
         for node in ast.walk(tree):
@@ -157,10 +175,10 @@ def user_code_files(module_file: str) -> list[str]:
                 base = node.module or ""
                 names = [base] if base else [a.name for a in node.names]
             for name in names:
-                rel = name.replace(".", os.sep)
-                for candidate in (rel + ".py", os.path.join(rel, "__init__.py")):
-                    full = os.path.join(directory, candidate)
-                    if os.path.isfile(full):
+                rel = name.replace(".", "/")
+                for candidate in (rel + ".py", rel + "/__init__.py"):
+                    full = fs.join(directory, *candidate.split("/"))
+                    if fs.isfile(full):
                         pending.append(full)
     return sorted(found)
 
@@ -169,12 +187,11 @@ def fingerprint_files(paths: Sequence[str]) -> str:
     """sha256 over the names and contents of files."""
     h = hashlib.sha256()
     for path in sorted(paths):
-        h.update(os.path.basename(path).encode())
+        h.update(fs.basename(path).encode())
         content = hashlib.sha256()
-        with open(path, "rb") as f:
-            # In blocks: these may be large data files (ExampleGen's input).
-            for block in iter(lambda: f.read(1 << 20), b""):
-                content.update(block)
+        # In blocks: these may be large files.
+        for block in fs.iter_chunks(path, 1 << 20):
+            content.update(block)
         h.update(content.digest())
     return h.hexdigest()
 

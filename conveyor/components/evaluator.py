@@ -17,9 +17,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-import os
 from typing import Any
 
+from conveyor import fs
 from conveyor.artifacts import Artifact, Examples, Model, ModelBlessing, ModelEvaluation, Schema
 from conveyor.components.base import ExecutionContext, skip_autograph_for_tf_keras
 from conveyor.errors import PipelineDefinitionError
@@ -414,8 +414,8 @@ def to_tfma_eval_config(config: Any) -> Any:
 
 
 def _serving_path(model: Artifact, role: str, ctx: ExecutionContext) -> str:
-    path = os.path.join(model.uri, SERVING_MODEL_DIR)
-    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+    path = fs.join(model.uri, SERVING_MODEL_DIR)
+    if not fs.isfile(fs.join(path, "saved_model.pb")):
         raise ctx.error(
             f"the {role} model {model!r} has no SavedModel at {path} (expected "
             f"{SERVING_MODEL_DIR}/saved_model.pb, as the Trainer writes it). Check that the "
@@ -466,6 +466,8 @@ def run(
     if examples is None or model is None:
         raise ctx.error("inputs 'examples' and 'model' are required.")
     evaluation, blessing = outputs["evaluation"][0], outputs["blessing"][0]
+    # TFMA loads the models and writes its results through tf.io.gfile.
+    fs.enable_tensorflow([examples.uri, model.uri, evaluation.uri])
 
     # Check every input before writing anything.
     for split in params.example_splits:
@@ -539,8 +541,7 @@ def run(
     thresholds = bool(kinds)
     validation = tfma.load_validation_result(evaluation.uri)
     blessed = thresholds and validation.validation_ok
-    with open(os.path.join(blessing.uri, BLESSED_FILE if blessed else NOT_BLESSED_FILE), "w"):
-        pass
+    fs.write_bytes(fs.join(blessing.uri, BLESSED_FILE if blessed else NOT_BLESSED_FILE), b"")
     blessing.set("blessed", int(blessed))
     blessing.custom_properties["current_model"] = model.uri
     if model.id is not None:
@@ -601,7 +602,8 @@ def _check_parquet_types(path: str, schema: Any, ctx: ExecutionContext) -> None:
             or pa.types.is_large_binary(t)
         ),
     }
-    columns = pq.read_schema(path)
+    with fs.open(path, "rb") as f:
+        columns = pq.read_schema(f)
     for feature in schema.feature:
         if feature.name not in columns.names or feature.type not in fits:
             continue
@@ -620,11 +622,10 @@ def _read_schema(schema: Artifact, ctx: ExecutionContext) -> Any:
     from google.protobuf import text_format
     from tensorflow_metadata.proto.v0 import schema_pb2
 
-    path = os.path.join(schema.uri, "schema.pbtxt")
-    if not os.path.isfile(path):
+    path = fs.join(schema.uri, "schema.pbtxt")
+    if not fs.isfile(path):
         raise ctx.error(f"schema {schema!r} has no {path}; pass a SchemaGen's 'schema' output.")
-    with open(path, encoding="utf-8") as f:
-        try:
-            return text_format.Parse(f.read(), schema_pb2.Schema())
-        except text_format.ParseError as e:
-            raise ctx.error(f"schema file {path} is not a text-format Schema: {e}") from e
+    try:
+        return text_format.Parse(fs.read_text(path), schema_pb2.Schema())
+    except text_format.ParseError as e:
+        raise ctx.error(f"schema file {path} is not a text-format Schema: {e}") from e

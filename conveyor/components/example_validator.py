@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
+from conveyor import fs
 from conveyor.artifacts import Artifact, ExampleAnomalies, ExampleStatistics, Schema, split_uri
 from conveyor.components.base import ExecutionContext
 from conveyor.pipeline.dsl import Component, Input
@@ -101,7 +101,7 @@ def run(
 
     results = {}
     for split in splits:
-        path = os.path.join(split_uri(stats_artifact, split), STATS_FILE_NAME)
+        path = fs.join(split_uri(stats_artifact, split), STATS_FILE_NAME)
         try:
             stats = schema_lib.load_statistics(path)
         except schema_lib.SchemaError as e:
@@ -124,9 +124,8 @@ def run(
 
     out = outputs["anomalies"][0]
     for split, anomalies in results.items():
-        os.makedirs(split_uri(out, split), exist_ok=True)
-        with open(os.path.join(split_uri(out, split), ANOMALIES_FILE_NAME), "wb") as f:
-            f.write(anomalies.SerializeToString())
+        fs.makedirs(split_uri(out, split))
+        fs.write_bytes(fs.join(split_uri(out, split), ANOMALIES_FILE_NAME), anomalies.SerializeToString())
     out.splits = splits
     out.set("span", int(stats_artifact.properties.get("span", 0)))
     out.custom_properties["anomalies_found"] = sum(counts.values())

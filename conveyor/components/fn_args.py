@@ -9,9 +9,10 @@ A TFX module file runs once its `from tfx... import FnArgs` line becomes
 from __future__ import annotations
 
 import dataclasses
-import glob
 from collections.abc import Iterator, Sequence
 from typing import Any
+
+from conveyor import fs
 
 __all__ = ["FnArgs", "DataAccessor"]
 
@@ -107,7 +108,7 @@ def _patterns(file_pattern: str | Sequence[str]) -> list[str]:
 
 
 def _parquet_files(patterns: list[str]) -> list[str]:
-    files = sorted({f for p in patterns for f in glob.glob(p)})
+    files = sorted({f for p in patterns for f in fs.glob(p)})
     if not files:
         raise FileNotFoundError(f"no Parquet files match {patterns}")
     return files
@@ -118,15 +119,15 @@ def _parquet_list_batches(files: list[str], arrow_schema: Any, batch_size: int) 
     import pyarrow.parquet as pq
 
     from conveyor.components.examples_io import as_list_batch
-    from conveyor.components.transform import _conform_batch
+    from conveyor.components.transform import conform_batch
 
     names = set(arrow_schema.names)
     for path in files:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(fs.open(path, "rb"))
         columns = [n for n in parquet.schema_arrow.names if n in names]
         for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
             if batch.num_rows:
-                yield _conform_batch(as_list_batch(batch), arrow_schema)
+                yield conform_batch(as_list_batch(batch), arrow_schema)
 
 
 def _source_for(schema: Any) -> Any:

@@ -9,10 +9,9 @@ half-copied model. A model that is not blessed is not copied.
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import time
 
+from conveyor import fs
 from conveyor.artifacts import Artifact, Model, ModelBlessing, PushedModel
 from conveyor.components.base import ExecutionContext
 from conveyor.components.evaluator import BLESSED_FILE, NOT_BLESSED_FILE, SERVING_MODEL_DIR, Evaluator
@@ -84,7 +83,7 @@ def _next_version(base: str) -> int:
     """A Unix timestamp in seconds, TFX's version; the next free integer when a
     push in the same second took it."""
     version = int(time.time())
-    while os.path.exists(os.path.join(base, str(version))):
+    while fs.exists(fs.join(base, str(version))):
         version += 1
     return version
 
@@ -102,8 +101,8 @@ def run(
         )
     model, blessing = models[0], blessings[0]
     pushed = outputs["pushed_model"][0]
-    source = os.path.join(model.uri, SERVING_MODEL_DIR)
-    if not os.path.isfile(os.path.join(source, "saved_model.pb")):
+    source = fs.join(model.uri, SERVING_MODEL_DIR)
+    if not fs.isfile(fs.join(source, "saved_model.pb")):
         raise ctx.error(
             f"model {model!r} has no SavedModel at {source} (expected {SERVING_MODEL_DIR}/saved_model.pb, "
             f"as the Trainer writes it). Pass model= a Trainer's 'model' output."
@@ -120,33 +119,54 @@ def run(
         # The orchestrator shows the returned note next to the component's state.
         return f"not pushed: model not blessed (blessing {blessing.uri})"
 
-    base = os.path.abspath(params.destination())
-    os.makedirs(base, exist_ok=True)
+    base = fs.abspath(params.destination())
+    fs.makedirs(base)
     version = _next_version(base)
-    staging = os.path.join(base, f".{version}.incomplete")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        shutil.copytree(source, staging)
-        # A rename within one directory is atomic: a server never sees a partial model.
-        while True:
-            target = os.path.join(base, str(version))
-            if not os.path.exists(target):
-                os.rename(staging, target)
-                break
-            version += 1  # Another push took this version meanwhile.
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    if fs.is_remote(base):
+        target = _push_to_object_store(source, base, version)
+    else:
+        target = _push_to_disk(source, base, version)
     pushed.set("pushed", 1)
     pushed.set("pushed_destination", target)
     pushed.set("pushed_version", str(version))
     return f"pushed model {model.uri} to {target}"
 
 
+def _push_to_disk(source: str, base: str, version: int) -> str:
+    staging = fs.join(base, f".{version}.incomplete")
+    fs.rmtree(staging)
+    try:
+        fs.copytree(source, staging)
+        # A rename within one directory is atomic: a server never sees a partial model.
+        while True:
+            target = fs.join(base, str(version))
+            if not fs.exists(target):
+                fs.rename(staging, target)
+                return target
+            version += 1  # Another push took this version meanwhile.
+    except BaseException:
+        fs.rmtree(staging)
+        raise
+
+
+def _push_to_object_store(source: str, base: str, version: int) -> str:
+    """An object store has no rename: the model's objects are copied into
+    the version's prefix with `saved_model.pb` last, so a server polling
+    `base` finds a loadable SavedModel there only once every variable file
+    is in place. A failed copy removes what it wrote."""
+    target = fs.join(base, str(version))
+    try:
+        fs.copytree(source, target, last=["saved_model.pb"])
+    except BaseException:
+        fs.rmtree(target)
+        raise
+    return target
+
+
 def _is_blessed(blessing: Artifact, ctx: ExecutionContext) -> bool:
     """The Evaluator's verdict; the marker file and the property must agree."""
-    has_blessed = os.path.exists(os.path.join(blessing.uri, BLESSED_FILE))
-    has_not_blessed = os.path.exists(os.path.join(blessing.uri, NOT_BLESSED_FILE))
+    has_blessed = fs.exists(fs.join(blessing.uri, BLESSED_FILE))
+    has_not_blessed = fs.exists(fs.join(blessing.uri, NOT_BLESSED_FILE))
     if has_blessed == has_not_blessed:
         raise ctx.error(
             f"model_blessing {blessing!r} must hold exactly one of {BLESSED_FILE} and "

@@ -5,9 +5,9 @@ thread and records the node as an execution linking the artifacts it chose."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
+from conveyor import fs
 from conveyor.artifacts import ARTIFACT_TYPES, Artifact, Model, ModelBlessing
 from conveyor.components.base import fingerprint_files
 from conveyor.errors import ExecutorError, PipelineDefinitionError, closest
@@ -89,7 +89,7 @@ class LatestArtifact(Resolver):
                 return {"artifact": []}
             in_node = {a.id for a in md.artifacts_of_type(cls, node.id)}
             candidates = [a for a in candidates if a.id in in_node]
-        candidates = [a for a in candidates if os.path.exists(a.uri)]
+        candidates = [a for a in candidates if fs.exists(a.uri)]
         newest = max(candidates, key=lambda a: a.id or 0, default=None)
         return {"artifact": [newest] if newest else []}
 
@@ -118,8 +118,8 @@ class Importer(Resolver):
         return {"result": ARTIFACT_TYPES[self.params.artifact_type]}
 
     def resolve(self, md: Any, inputs: dict[str, list[Artifact]], pipeline_context: Any) -> dict[str, list[Artifact]]:
-        uri = os.path.abspath(self.params.source_uri)
-        if not os.path.exists(uri):
+        uri = fs.abspath(self.params.source_uri)
+        if not fs.exists(uri):
             raise ExecutorError(
                 f"{self.id}: source_uri {uri!r} does not exist. Importer expects an existing file or "
                 f"directory to record as a {self.params.artifact_type}; fix the path."
@@ -138,8 +138,7 @@ class Importer(Resolver):
 
 def _fingerprint_path(path: str) -> str:
     """A content hash of a file, or of every file under a directory."""
-    if os.path.isfile(path):
+    if fs.isfile(path):
         return fingerprint_files([path])
-    files = [os.path.join(d, f) for d, _, names in os.walk(path) for f in names]
-    rel = sorted(files)
-    return fingerprint_files(rel) + f"-{len(rel)}"
+    files = [fs.join(path, rel) for rel in fs.walk_files(path)]
+    return fingerprint_files(files) + f"-{len(files)}"

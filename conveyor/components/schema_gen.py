@@ -4,8 +4,8 @@ user-curated schema file brought into the pipeline)."""
 from __future__ import annotations
 
 import dataclasses
-import os
 
+from conveyor import fs
 from conveyor.artifacts import Artifact, ExampleStatistics, Schema, split_uri
 from conveyor.components.base import ExecutionContext
 from conveyor.errors import PipelineDefinitionError
@@ -55,7 +55,7 @@ def run(
     for split in splits:
         try:
             statistics.append(
-                schema_lib.load_statistics(os.path.join(split_uri(stats_artifact, split), STATS_FILE_NAME))
+                schema_lib.load_statistics(fs.join(split_uri(stats_artifact, split), STATS_FILE_NAME))
             )
         except schema_lib.SchemaError as e:
             raise ctx.error(str(e)) from e
@@ -65,7 +65,7 @@ def run(
             f"the statistics of splits {splits} in {stats_artifact.uri} have no features, so there is "
             f"no schema to infer. Check the Examples StatisticsGen read."
         )
-    schema_lib.save(schema, os.path.join(outputs["schema"][0].uri, schema_lib.FILE_NAME))
+    schema_lib.save(schema, fs.join(outputs["schema"][0].uri, schema_lib.FILE_NAME))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +93,8 @@ class ImportSchemaGen(Component):
         from conveyor.components.base import fingerprint_files
 
         # A missing file is reported by the executor, with what to do.
-        path = os.path.abspath(self.params.schema_file)
-        return {"schema_file": fingerprint_files([path])} if os.path.isfile(path) else {}
+        path = fs.abspath(self.params.schema_file)
+        return {"schema_file": fingerprint_files([path])} if fs.isfile(path) else {}
 
 
 def run_import(
@@ -106,10 +106,10 @@ def run_import(
     from conveyor import schema as schema_lib
 
     source = params.schema_file
-    if not os.path.isfile(source):
+    if not fs.isfile(source):
         raise ctx.error(
             f"schema_file {source!r} does not exist"
-            + (" (it is a directory; name the schema.pbtxt inside it)" if os.path.isdir(source) else "")
+            + (" (it is a directory; name the schema.pbtxt inside it)" if fs.isdir(source) else "")
             + ". Pass the path of a text-format schema, e.g. one written by SchemaGen and curated."
         )
     try:
@@ -121,9 +121,5 @@ def run_import(
             f"schema_file {source} parses but declares no features. A curated schema lists every "
             f"feature (`feature {{ name: ... type: ... }}`); start from SchemaGen's schema.pbtxt."
         )
-    with open(source, encoding="utf-8") as f:
-        text = f.read()
     # Copied byte for byte, comments and all, as TFX does.
-    target = os.path.join(outputs["schema"][0].uri, schema_lib.FILE_NAME)
-    with open(target, "w", encoding="utf-8") as f:
-        f.write(text)
+    fs.copy(source, fs.join(outputs["schema"][0].uri, schema_lib.FILE_NAME))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
+from conveyor import fs
 from conveyor.artifacts import Artifact, Examples, ExampleStatistics, Schema, split_uri
 from conveyor.components.base import ExecutionContext
 from conveyor.errors import PipelineDefinitionError, closest
@@ -139,7 +139,8 @@ def _check_feature_names(
     import pyarrow.parquet as pq
 
     first = examples_io.split_files(examples, split)[0]
-    columns = pq.read_schema(first).names
+    with fs.open(first, "rb") as f:
+        columns = pq.read_schema(f).names
     for name in named:
         if name not in columns:
             raise ctx.error(
@@ -191,12 +192,12 @@ def run(
             batches = examples_io.beam_read_batches(p, examples, split, label=f"Read[{split}]")
             if fmt == examples_io.PARQUET:
                 batches = batches | f"ToLists[{split}]" >> beam.Map(as_stats_batch)
-            os.makedirs(split_uri(out, split), exist_ok=True)
+            fs.makedirs(split_uri(out, split))
             _ = (
                 batches
                 | f"GenerateStatistics[{split}]" >> tfdv.GenerateStatistics(options)
                 | f"WriteStatistics[{split}]" >> tfdv.WriteStatisticsToBinaryFile(
-                    os.path.join(split_uri(out, split), STATS_FILE_NAME)
+                    fs.join(split_uri(out, split), STATS_FILE_NAME)
                 )
             )
     out.splits = splits

@@ -8,8 +8,8 @@ data files, the Transform graph, the schema and where to save, through
 from __future__ import annotations
 
 import dataclasses
-import os
 
+from conveyor import fs
 from conveyor.artifacts import Artifact, Examples, Model, ModelRun, Schema, TransformGraph
 from conveyor.components.base import ExecutionContext, load_user_function, skip_autograph_for_tf_keras
 from conveyor.errors import PipelineDefinitionError
@@ -118,21 +118,21 @@ def run(
 
     schema_path = None
     if inputs.get("schema"):
-        schema_path = os.path.join(inputs["schema"][0].uri, "schema.pbtxt")
-        if not os.path.isfile(schema_path):
+        schema_path = fs.join(inputs["schema"][0].uri, "schema.pbtxt")
+        if not fs.isfile(schema_path):
             raise ctx.error(f"schema artifact {inputs['schema'][0].uri} has no schema.pbtxt.")
     transform_output = None
     if inputs.get("transform_graph"):
         transform_output = inputs["transform_graph"][0].uri
-        if not os.path.isdir(os.path.join(transform_output, "transform_fn")):
+        if not fs.isdir(fs.join(transform_output, "transform_fn")):
             raise ctx.error(
                 f"transform_graph {transform_output} has no transform_fn/; connect Transform's "
                 f"`transform_graph` output."
             )
     base_model = None
     if inputs.get("base_model"):
-        base_model = os.path.join(inputs["base_model"][0].uri, SERVING_MODEL_DIR)
-        if not os.path.isdir(base_model):
+        base_model = fs.join(inputs["base_model"][0].uri, SERVING_MODEL_DIR)
+        if not fs.isdir(base_model):
             raise ctx.error(f"base_model {inputs['base_model'][0].uri} has no {SERVING_MODEL_DIR}/.")
 
     run_fn = load_user_function(
@@ -140,9 +140,11 @@ def run(
     )
 
     model_uri = outputs["model"][0].uri
-    serving_model_dir = os.path.join(model_uri, SERVING_MODEL_DIR)
+    serving_model_dir = fs.join(model_uri, SERVING_MODEL_DIR)
     model_run_dir = outputs["model_run"][0].uri
-    os.makedirs(model_run_dir, exist_ok=True)
+    fs.makedirs(model_run_dir)
+    # The user's run_fn saves and reads through TensorFlow (tf.io.gfile).
+    fs.enable_tensorflow([model_uri, *train_files])
     fn_args = FnArgs(
         train_files=train_files,
         eval_files=eval_files,
@@ -162,7 +164,7 @@ def run(
     skip_autograph_for_tf_keras()
     run_fn(fn_args)
 
-    if not os.path.isfile(os.path.join(serving_model_dir, "saved_model.pb")):
+    if not fs.isfile(fs.join(serving_model_dir, "saved_model.pb")):
         where = params.module_file or params.run_fn
         raise ctx.error(
             f"run_fn from {where} returned without saving a model: there is no saved_model.pb in "

@@ -13,17 +13,17 @@ import dataclasses
 import hashlib
 import inspect
 import os
-import shutil
 import tempfile
 import traceback
 from typing import Any
 
+from conveyor import fs
 from conveyor.artifacts import Artifact, Examples, Schema, TransformCache, TransformGraph, split_uri
 from conveyor.components.base import ExecutionContext, load_user_function
 from conveyor.errors import PipelineDefinitionError
 from conveyor.pipeline.dsl import Component, Input
 
-__all__ = ["Transform", "TransformParams", "SplitsConfig", "run"]
+__all__ = ["Transform", "TransformParams", "SplitsConfig", "run", "conform_batch"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +94,8 @@ def run(
     from conveyor.components import examples_io
 
     examples: Examples = inputs["examples"][0]  # type: ignore[assignment]
+    # tf.Transform writes its graph, cache and temp files through tf.io.gfile.
+    fs.enable_tensorflow([examples.uri, outputs["transform_graph"][0].uri, ctx.tmp_dir])
     schema = _read_schema(inputs["schema"][0], ctx)
     cache_in = (inputs.get("analyzer_cache") or [None])[0]
     examples_out: Examples = outputs["transformed_examples"][0]  # type: ignore[assignment]
@@ -125,13 +127,13 @@ def run(
 
     own_tmp = not ctx.tmp_dir
     tmp_dir = ctx.tmp_dir or tempfile.mkdtemp(prefix="conveyor_transform_")
-    os.makedirs(tmp_dir, exist_ok=True)
+    fs.makedirs(tmp_dir)
     try:
         _run_pipeline(examples, schema, cache_in, outputs, params, ctx, preprocessing_fn,
                       arrow_schema, adapter_config, tmp_dir, analyze_splits, transform_splits)
     finally:
         if own_tmp:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
+            fs.rmtree(tmp_dir)
 
     examples_out.splits = transform_splits
     for prop in ("span", "version"):
@@ -161,9 +163,9 @@ def _run_pipeline(examples: Examples, schema: Any, cache_in: Artifact | None,
         # The new cache starts as the old one: a dataset served from the cache
         # produces no new entries, yet the next run wants them too.
         for key in keys.values():
-            src = os.path.join(cache_in.uri, key)
-            if os.path.isdir(src):
-                shutil.copytree(src, os.path.join(cache_dir, key), dirs_exist_ok=True)
+            src = fs.join(cache_in.uri, key)
+            if fs.isdir(src):
+                fs.copytree(src, fs.join(cache_dir, key))
 
     with tft_beam.Context(temp_dir=tmp_dir, force_tf_compat_v1=params.force_tf_compat_v1):
         with ctx.beam_pipeline() as p:
@@ -171,7 +173,7 @@ def _run_pipeline(examples: Examples, schema: Any, cache_in: Artifact | None,
             for split in dict.fromkeys(analyze_splits + transform_splits):
                 raw[split] = (
                     examples_io.beam_read_batches(p, examples, split, lists=True, label=f"Read[{split}]")
-                    | f"Conform[{split}]" >> beam.Map(_conform_batch, arrow_schema)
+                    | f"Conform[{split}]" >> beam.Map(conform_batch, arrow_schema)
                 )
             if cache_in is not None:
                 input_cache = p | "ReadCache" >> analyzer_cache.ReadAnalysisCacheFromFS(
@@ -199,12 +201,12 @@ def _run_pipeline(examples: Examples, schema: Any, cache_in: Artifact | None,
                     metadata.deferred_metadata | f"Schema[{split}]" >> beam.Map(_schema_of)
                 )
                 out_dir = split_uri(examples_out, split)
-                os.makedirs(out_dir, exist_ok=True)
+                fs.makedirs(out_dir)
                 _ = (
                     transformed
                     | f"Encode[{split}]" >> beam.FlatMap(_encode_batch, schema_side)
                     | f"Write[{split}]" >> beam.io.WriteToTFRecord(
-                        os.path.join(out_dir, "data"),
+                        fs.join(out_dir, "data"),
                         file_name_suffix=".gz",
                         compression_type=beam.io.filesystem.CompressionTypes.GZIP,
                     )
@@ -214,7 +216,7 @@ def _run_pipeline(examples: Examples, schema: Any, cache_in: Artifact | None,
     # model's serving signature parses raw tf.Examples with it
     # (TFTransformOutput.raw_feature_spec()).
     metadata_io.write_metadata(
-        dataset_metadata.DatasetMetadata(schema), os.path.join(graph_out.uri, "metadata")
+        dataset_metadata.DatasetMetadata(schema), fs.join(graph_out.uri, "metadata")
     )
 
 
@@ -245,7 +247,8 @@ def _check_columns(examples: Examples, splits: list[str], schema: Any, ctx: Exec
     ]
     for split in dict.fromkeys(splits):
         first = examples_io.split_files(examples, split)[0]
-        columns = set(pq.read_schema(first).names)
+        with fs.open(first, "rb") as f:
+            columns = set(pq.read_schema(f).names)
         missing = [n for n in required if n not in columns]
         if missing:
             raise ctx.error(
@@ -271,7 +274,7 @@ class _PreprocessingFn:
     def __init__(self, component_id: str, module_file: str | None, import_path: str | None,
                  custom_config: dict) -> None:
         self.component_id = component_id
-        self.module_file = os.path.abspath(module_file) if module_file else None
+        self.module_file = fs.abspath(module_file) if module_file else None
         self.import_path = import_path
         self.custom_config = custom_config
         self._fn: Any = None
@@ -312,7 +315,7 @@ def _trace_preprocessing_fn(fn: Any, adapter_config: Any, params: TransformParam
         tft.get_analyze_input_columns(fn, specs, force_tf_compat_v1=params.force_tf_compat_v1)
     except Exception as e:  # noqa: BLE001 - any failure of user code is reported the same way
         where = params.module_file or params.preprocessing_fn
-        module = os.path.abspath(params.module_file) if params.module_file else None
+        module = fs.abspath(params.module_file) if params.module_file else None
         frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == module]
         line = f" at line {frames[-1].lineno} ({frames[-1].line})" if frames else ""
         raise ctx.error(
@@ -325,11 +328,11 @@ def _trace_preprocessing_fn(fn: Any, adapter_config: Any, params: TransformParam
 def _dataset_key(examples: Examples, split: str) -> str:
     # The artifact URI is unique per data version, so a cache entry is reused
     # exactly when the same data is analyzed again.
-    digest = hashlib.sha256(f"{os.path.abspath(examples.uri)}|{split}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{fs.abspath(examples.uri)}|{split}".encode()).hexdigest()[:16]
     return f"split-{split}-{digest}"
 
 
-def _conform_batch(batch: Any, arrow_schema: Any) -> Any:
+def conform_batch(batch: Any, arrow_schema: Any) -> Any:
     """The batch with exactly the columns of `arrow_schema`, in its order and
     types (the tensor adapter finds columns by position): absent columns
     become all-missing, extra ones are dropped."""

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from typing import Any
 
+from conveyor import fs
 from conveyor.artifacts import Artifact
 from conveyor.components.base import fingerprint_files, user_code_files
 from conveyor.pipeline.dsl import Component
@@ -34,11 +34,11 @@ def cache_key_parts(
     for name, fingerprint in sorted(component.external_fingerprints().items()):
         parts[f"data:{name}"] = fingerprint
     for path in component.code_files():
-        if not os.path.isfile(path):
+        if not fs.isfile(path):
             return None
         files = user_code_files(path)
         for f in files:
-            parts[f"code:{os.path.relpath(f, os.path.dirname(path))}"] = fingerprint_files([f])
+            parts[f"code:{fs.relpath(f, fs.dirname(path))}"] = fingerprint_files([f])
     return parts
 
 

@@ -11,10 +11,11 @@ import typing
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from conveyor import fs
 from conveyor.artifacts import Artifact
 from conveyor.errors import PipelineDefinitionError, closest
 
-__all__ = ["Channel", "Input", "Component", "Pipeline", "NoParams", "to_jsonable"]
+__all__ = ["Channel", "Input", "Component", "Pipeline", "NoParams", "to_jsonable", "default_metadata_path"]
 
 
 class Channel:
@@ -135,7 +136,7 @@ class Component:
         for name in self.CODE_PARAMS:
             value = getattr(self.params, name, None)
             if value and isinstance(value, str) and value.endswith(".py"):
-                files.append(os.path.abspath(value))
+                files.append(fs.abspath(value))
         return files
 
     def external_fingerprints(self) -> dict[str, str]:
@@ -279,9 +280,13 @@ def to_jsonable(value: Any) -> Any:
 class Pipeline:
     """Components wired together, with where they keep their outputs and MLMD.
 
-    `metadata` is the path of a SQLite MLMD file (default
-    `<root>/metadata.sqlite`). `beam_pipeline_args` apply to every Beam
-    component; a component's own args come after them and so win.
+    `root` is a local directory or an object-store URI (`s3://bucket/path`,
+    `gs://bucket/path`). `metadata` is the path of a SQLite MLMD file: by
+    default `<root>/metadata.sqlite` for a local root; for a remote root
+    (where a database cannot live) `<state dir>/conveyor/<name>/metadata.sqlite`,
+    the state dir being `$XDG_STATE_HOME` or `~/.local/state`.
+    `beam_pipeline_args` apply to every Beam component; a component's own
+    args come after them and so win.
     """
 
     def __init__(
@@ -299,8 +304,24 @@ class Pipeline:
                 f"Pipeline name {name!r} must be non-empty letters, digits, '_', '.', '-'."
             )
         self.name = name
-        self.root = os.path.abspath(root)
-        self.metadata = os.path.abspath(metadata) if metadata else os.path.join(self.root, "metadata.sqlite")
+        if not root:
+            raise PipelineDefinitionError(f"Pipeline {name!r}: root must be a directory path or an s3:// or gs:// URI.")
+        try:
+            self.root = fs.abspath(root)
+        except ValueError as e:
+            raise PipelineDefinitionError(f"Pipeline {name!r}: root {e}") from None
+        if metadata and fs.is_remote(metadata):
+            raise PipelineDefinitionError(
+                f"Pipeline {name!r}: metadata {metadata!r} must be a local path: the SQLite metadata "
+                f"store cannot live on an object store. Leave it unset for the default "
+                f"({default_metadata_path(name)}) or name a local file."
+            )
+        if metadata:
+            self.metadata = os.path.abspath(metadata)
+        elif fs.is_remote(self.root):
+            self.metadata = default_metadata_path(name)
+        else:
+            self.metadata = os.path.join(self.root, "metadata.sqlite")
         self.beam_pipeline_args = list(beam_pipeline_args or [])
         self.enable_cache = enable_cache
         for c in components:
@@ -334,6 +355,13 @@ class Pipeline:
             f"Pipeline {self.name!r} has no component {component_id!r}."
             f"{closest(component_id, [c.id for c in self.components])}"
         )
+
+
+def default_metadata_path(pipeline_name: str) -> str:
+    """Where the metadata of a pipeline with a remote root lives by default:
+    a per-pipeline folder of the user's state directory."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "conveyor", pipeline_name, "metadata.sqlite")
 
 
 def _topological(components: list[Component]) -> list[Component]:

@@ -12,13 +12,12 @@ import dataclasses
 import datetime
 import importlib
 import json
-import os
-import shutil
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from conveyor import fs
 from conveyor.artifacts import Artifact
 from conveyor.components.base import ExecutionContext
 from conveyor.errors import ConveyorError, RunFailedError
@@ -84,11 +83,12 @@ class LocalRunner:
     def run(self, pipeline: Pipeline, *, run_id: str | None = None, raise_on_failure: bool = True) -> RunResult:
         start = time.monotonic()
         run_id = run_id or datetime.datetime.now().strftime("%Y%m%dT%H%M%S.%f")
-        os.makedirs(pipeline.root, exist_ok=True)
+        fs.makedirs(pipeline.root)
         md = Metadata(pipeline.metadata)
         pipeline_ctx = md.context("pipeline", pipeline.name)
         run_ctx = md.context("pipeline_run", run_id, pipeline_name=pipeline.name)
         self.echo(f"pipeline {pipeline.name}: run {run_id} ({len(pipeline.components)} components)")
+        self.echo(f"  root {pipeline.root}, metadata {pipeline.metadata}")
 
         results: dict[str, NodeResult] = {}
         produced: dict[tuple[str, str], list[Artifact]] = {}
@@ -134,7 +134,7 @@ class LocalRunner:
                     continue
                 component = by_id[execution.custom_properties[mdstore.COMPONENT_ID].string_value]
                 for key in component.outputs:
-                    shutil.rmtree(os.path.join(pipeline.root, component.id, key, str(execution.id)), ignore_errors=True)
+                    fs.rmtree(fs.join(pipeline.root, component.id, key, str(execution.id)))
                 md.finish_execution(
                     execution.id, [pipeline_ctx, run_ctx], {}, state="CANCELED",
                     properties={mdstore.ERROR: f"run stopped: {type(e).__name__}: {e}"},
@@ -223,13 +223,17 @@ class LocalRunner:
 
         execution_id = md.start_execution(type_name, contexts, inputs, properties)
         outputs = {
-            out_key: [ch.type(os.path.join(pipeline.root, component.id, out_key, str(execution_id)))]
+            out_key: [ch.type(fs.join(pipeline.root, component.id, out_key, str(execution_id)))]
             for out_key, ch in component.outputs.items()
         }
         for arts in outputs.values():
-            os.makedirs(arts[0].uri, exist_ok=True)
-        beam_args = pipeline.beam_pipeline_args + self.beam_pipeline_args + component.beam_pipeline_args
-        tmp_dir = os.path.join(pipeline.root, component.id, ".temp", str(execution_id))
+            fs.makedirs(arts[0].uri)
+        # The object stores the node touches get their endpoint flags first,
+        # so the user's own flags still win.
+        touched = [pipeline.root, *_strings(params)]
+        beam_args = (fs.beam_args(touched) + pipeline.beam_pipeline_args + self.beam_pipeline_args
+                     + component.beam_pipeline_args)
+        tmp_dir = fs.join(pipeline.root, component.id, ".temp", str(execution_id))
         ctx = ExecutionContext(
             component_id=component.id,
             pipeline_name=pipeline.name,
@@ -252,6 +256,9 @@ class LocalRunner:
         if error is not None:
             _remove_outputs(outputs)
             return self._failed(md, component, execution_id, contexts, t0, error)
+        for arts in outputs.values():
+            for a in arts:
+                fs.mark_complete(a.uri)  # the files are whole: readers may trust them
         md.finish_execution(execution_id, contexts, outputs)
         seconds = time.monotonic() - t0
         note = fut.result() or ""
@@ -285,6 +292,18 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
+def _strings(value: Any) -> Iterator[str]:
+    """Every string inside a JSON-like parameter value."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
 def _mlmd_value(value: Any) -> Any:
     return value if isinstance(value, (str, int, float)) and not isinstance(value, bool) else json.dumps(value)
 
@@ -298,19 +317,19 @@ def _load_executor(component: Component) -> Callable[..., Any]:
 
 
 def _execute(component: Component, inputs: dict, outputs: dict, ctx: ExecutionContext) -> Any:
-    os.makedirs(ctx.tmp_dir, exist_ok=True)
+    fs.makedirs(ctx.tmp_dir)
     try:
         fn = _load_executor(component)
         return fn(inputs, outputs, component.params, ctx)
     finally:
-        shutil.rmtree(ctx.tmp_dir, ignore_errors=True)
+        fs.rmtree(ctx.tmp_dir)
 
 
 def _remove_outputs(outputs: dict[str, list[Artifact]]) -> None:
     # A failed executor publishes nothing: its half-written files go too.
     for arts in outputs.values():
         for a in arts:
-            shutil.rmtree(a.uri, ignore_errors=True)
+            fs.rmtree(a.uri)
 
 
 def _previous_executions(md: Metadata, node_context_id: int) -> list[Any]:
@@ -325,7 +344,7 @@ def _cache_hit(md: Metadata, previous: list[Any], key: str) -> dict[str, list[Ar
         if prop is None or prop.string_value != key:
             continue
         outputs = md.io_of(e.id, "OUTPUT")
-        if all(os.path.exists(a.uri) for arts in outputs.values() for a in arts):
+        if all(fs.is_complete(a.uri) for arts in outputs.values() for a in arts):
             return outputs
     return None
 

@@ -24,6 +24,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from conveyor import fs
 from conveyor.errors import ConveyorError, closest
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class SchemaError(ConveyorError, ValueError):
 
 def _schema_file(path: str) -> str:
     # A Schema artifact's directory stands for the schema.pbtxt inside it.
-    return os.path.join(path, FILE_NAME) if os.path.isdir(path) else path
+    return fs.join(path, FILE_NAME) if fs.isdir(path) else path
 
 
 def parse(text: str, source: str = "<string>") -> schema_pb2.Schema:
@@ -116,16 +117,15 @@ def load(path: str) -> schema_pb2.Schema:
     """The schema in a `schema.pbtxt` file, or in the `schema.pbtxt` of a
     Schema artifact directory."""
     file = _schema_file(os.fspath(path))
-    if not os.path.isfile(file):
-        in_dir = os.path.isdir(os.path.dirname(file) or ".") and os.path.basename(file) == FILE_NAME
+    if not fs.isfile(file):
+        in_dir = fs.isdir(fs.dirname(file) or ".") and fs.basename(file) == FILE_NAME
         what = f"the directory has no {FILE_NAME}" if in_dir else "no such file"
         raise SchemaError(
             f"Schema file {file} cannot be read ({what}). Pass the path of a schema.pbtxt "
             f"or of a Schema artifact directory."
         )
     try:
-        with open(file, encoding="utf-8") as f:
-            text = f.read()
+        text = fs.read_text(file)
     except UnicodeDecodeError as e:
         raise SchemaError(
             f"Schema file {file} is not UTF-8 text (byte {e.start}); a schema.pbtxt is a text-format "
@@ -141,12 +141,10 @@ def save(schema: schema_pb2.Schema, path: str) -> str:
     from google.protobuf import text_format
 
     path = os.fspath(path)
-    file = path if path.endswith(".pbtxt") and not os.path.isdir(path) else os.path.join(path, FILE_NAME)
-    os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
-    tmp = f"{file}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text_format.MessageToString(schema))
-    os.replace(tmp, file)  # never leave a half-written schema behind
+    file = path if path.endswith(".pbtxt") and not fs.isdir(path) else fs.join(path, FILE_NAME)
+    fs.makedirs(fs.dirname(fs.abspath(file)))
+    # Replaced atomically (or, on an object store, visible only when whole).
+    fs.write_text(file, text_format.MessageToString(schema))
     return file
 
 
@@ -156,15 +154,14 @@ def load_statistics(path: str) -> statistics_pb2.DatasetFeatureStatisticsList:
     from tensorflow_metadata.proto.v0 import statistics_pb2
 
     path = os.fspath(path)
-    file = os.path.join(path, "FeatureStats.pb") if os.path.isdir(path) else path
-    if not os.path.isfile(file):
+    file = fs.join(path, "FeatureStats.pb") if fs.isdir(path) else path
+    if not fs.isfile(file):
         raise SchemaError(
             f"Statistics file {file} does not exist. Pass a FeatureStats.pb written by "
             f"StatisticsGen (its Split-<name>/FeatureStats.pb)."
         )
     stats = statistics_pb2.DatasetFeatureStatisticsList()
-    with open(file, "rb") as f:
-        data = f.read()
+    data = fs.read_bytes(file)
     try:
         stats.ParseFromString(data)
     except Exception as e:  # protobuf raises DecodeError, a plain Exception subclass

@@ -5,7 +5,9 @@ serving directory, every step recorded in ML Metadata.
     conveyor run examples/taxi/pipeline.py --direct_running_mode=multi_processing --direct_num_workers=2
 
 Environment: CONVEYOR_TAXI_ROOT (pipeline root, default `_runs/taxi` in the
-repo), CONVEYOR_TAXI_TRAIN_STEPS / CONVEYOR_TAXI_EVAL_STEPS.
+repo; an s3:// or gs:// URI works too), CONVEYOR_TAXI_DATA (the CSV folder),
+CONVEYOR_TAXI_MODULE (the module file), CONVEYOR_TAXI_TRAIN_STEPS /
+CONVEYOR_TAXI_EVAL_STEPS.
 """
 
 from __future__ import annotations
@@ -51,14 +53,16 @@ def create_pipeline(
     root: str | None = None,
     *,
     name: str = "taxi",
-    data_root: str = os.path.join(HERE, "data"),
-    module_file: str = os.path.join(HERE, "taxi_utils.py"),
+    data_root: str | None = None,
+    module_file: str | None = None,
     serving_dir: str | None = None,
     train_steps: int | None = None,
     eval_steps: int | None = None,
     beam_pipeline_args: Sequence[str] = (),
 ) -> Pipeline:
     root = root or os.environ.get("CONVEYOR_TAXI_ROOT") or os.path.join(REPO, "_runs", "taxi")
+    data_root = data_root or os.environ.get("CONVEYOR_TAXI_DATA") or os.path.join(HERE, "data")
+    module_file = module_file or os.environ.get("CONVEYOR_TAXI_MODULE") or os.path.join(HERE, "taxi_utils.py")
     serving_dir = serving_dir or os.path.join(root, "serving_model")
     train_steps = train_steps or int(os.environ.get("CONVEYOR_TAXI_TRAIN_STEPS", "1000"))
     eval_steps = eval_steps or int(os.environ.get("CONVEYOR_TAXI_EVAL_STEPS", "150"))
