@@ -25,6 +25,7 @@ __all__ = [
     "ModelBlessing",
     "PushedModel",
     "ARTIFACT_TYPES",
+    "artifact_type",
     "split_uri",
 ]
 
@@ -72,6 +73,25 @@ class Artifact:
 
     def __repr__(self) -> str:
         return f"{self.TYPE_NAME}(id={self.id}, uri={self.uri!r})"
+
+    def to_json(self) -> dict[str, Any]:
+        """The artifact as plain JSON data (type name, uri, id, properties)."""
+        return {
+            "type": self.TYPE_NAME,
+            "uri": self.uri,
+            "id": self.id,
+            "properties": dict(self.properties),
+            "custom_properties": dict(self.custom_properties),
+        }
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> Artifact:
+        """The artifact `to_json` described, of its registered type (or a
+        plain Artifact subclass of that name for a type Conveyor does not know)."""
+        cls = artifact_type(data["type"])
+        art = cls(data.get("uri", ""), id=data.get("id"), custom_properties=data.get("custom_properties") or {})
+        art.properties.update(data.get("properties") or {})
+        return art
 
 
 class _SplitsMixin:
@@ -181,6 +201,16 @@ class PushedModel(Artifact):
 
     TYPE_NAME = "PushedModel"
     PROPERTIES = {"pushed": INT, "pushed_destination": STRING, "pushed_version": STRING}
+
+
+def artifact_type(name: str) -> type[Artifact]:
+    """The artifact class of a type name; a new Artifact subclass for a name
+    Conveyor does not know (e.g. a custom type in a TFX store)."""
+    cls = ARTIFACT_TYPES.get(name)
+    if cls is None:
+        cls = type(name, (Artifact,), {"TYPE_NAME": name})
+        ARTIFACT_TYPES[name] = cls
+    return cls
 
 
 ARTIFACT_TYPES: dict[str, type[Artifact]] = {

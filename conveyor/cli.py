@@ -1,6 +1,6 @@
 """The `conveyor` command.
 
-    conveyor run PIPELINE.py [--no-cache] [--metadata PATH] [BEAM FLAGS, e.g. --direct_num_workers=2 ...]
+    conveyor run PIPELINE.py [--no-cache] [--metadata PATH] [--launcher thread|process] [BEAM FLAGS ...]
     conveyor compile PIPELINE.py
     conveyor lineage PIPELINE.py [--artifact ID]
     conveyor runs PIPELINE.py [--last N]
@@ -64,7 +64,8 @@ def _run(args: argparse.Namespace) -> int:
     from conveyor.pipeline.runner import LocalRunner
 
     pipeline = _pipeline(args)
-    runner = LocalRunner(enable_cache=not args.no_cache, beam_pipeline_args=args.beam_arg, max_workers=args.workers)
+    runner = LocalRunner(enable_cache=not args.no_cache, beam_pipeline_args=args.beam_arg, max_workers=args.workers,
+                         launcher=args.launcher)
     result = runner.run(pipeline, raise_on_failure=False)
     failed = [n for n in result.nodes.values() if n.state == "FAILED"]
     for n in failed:
@@ -148,6 +149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a Beam pipeline flag for every Beam component, e.g. --beam-arg=--direct_num_workers=2",
     )
     run.add_argument("--workers", type=int, default=4, help="components run at the same time (default 4)")
+    run.add_argument(
+        "--launcher", choices=["thread", "process"], default="thread",
+        help="run each component in a thread of this process (default) or in a child process "
+             "through python -m conveyor.launch",
+    )
     _metadata_flag(run)
     run.set_defaults(func=_run)
 
@@ -192,15 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry() -> None:
     """The console script: main(), then exit with its code."""
-    code = main()
-    if fs.tensorflow_io_loaded():
-        # tensorflow-io 0.37's S3 filesystem aborts the interpreter in its
-        # static destructors at exit (tensorflow/io#2039), turning a finished
-        # run into exit code 134. Everything is written and flushed by now.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    fs.exit_process(main())
 
 
 if __name__ == "__main__":

@@ -158,7 +158,7 @@ class EvalConfig:
 @dataclasses.dataclass(frozen=True)
 class EvaluatorParams:
     # An EvalConfig above or a tfma.EvalConfig proto; checked by Evaluator.check().
-    eval_config: Any
+    eval_config: EvalConfig | Any
     example_splits: list[str] = dataclasses.field(default_factory=lambda: ["eval"])
 
 

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from conveyor.artifacts import ARTIFACT_TYPES, Artifact
+from conveyor.artifacts import Artifact, artifact_type
 
 __all__ = ["Metadata"]
 
@@ -125,11 +125,7 @@ class Metadata:
             with self._lock:
                 [t] = self.store.get_artifact_types_by_id([proto.type_id])
             type_name = t.name
-        cls = ARTIFACT_TYPES.get(type_name)
-        if cls is None:
-            cls = type(type_name, (Artifact,), {"TYPE_NAME": type_name})
-            ARTIFACT_TYPES[type_name] = cls
-        art = cls(proto.uri, id=proto.id)
+        art = artifact_type(type_name)(proto.uri, id=proto.id)
         for k, v in proto.properties.items():
             art.properties[k] = _get_value(v)
         for k, v in proto.custom_properties.items():

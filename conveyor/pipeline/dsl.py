@@ -15,7 +15,8 @@ from conveyor import fs
 from conveyor.artifacts import Artifact
 from conveyor.errors import PipelineDefinitionError, closest
 
-__all__ = ["Channel", "Input", "Component", "Pipeline", "NoParams", "to_jsonable", "default_metadata_path"]
+__all__ = ["Channel", "Input", "Component", "Pipeline", "NoParams", "to_jsonable", "from_jsonable",
+           "default_metadata_path"]
 
 
 class Channel:
@@ -275,6 +276,68 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     raise TypeError(f"cannot record parameter value of type {type(value).__name__}: {value!r}")
+
+
+def from_jsonable(tp: Any, value: Any) -> Any:
+    """The typed value that `to_jsonable` turned into `value`, given its
+    annotation `tp` (a Params dataclass, a field's type): dataclasses,
+    enums, protos, lists, tuples and dicts come back as they were, so a
+    node's parameters survive a trip through JSON (an invocation file)."""
+    if value is None:
+        return None
+    if isinstance(value, dict) and "@proto" in value:
+        return _proto_from_json(value)
+    if tp is Any:
+        return value
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        options = [a for a in args if a is not type(None)]
+        # A dict goes to the dataclass whose fields hold all its keys.
+        for option in options:
+            if dataclasses.is_dataclass(option) and isinstance(value, dict):
+                if set(value) <= {f.name for f in dataclasses.fields(option)}:
+                    return from_jsonable(option, value)
+        for option in options:
+            if not dataclasses.is_dataclass(option) and _type_problem(value, option) is None:
+                return from_jsonable(option, value)
+        return value
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        return tp(**{name: from_jsonable(hints.get(name, Any), v) for name, v in value.items()})
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return tp(value)
+    if origin in (list, tuple, Sequence) or tp in (list, tuple):
+        item = args[0] if args and args[0] is not Ellipsis else Any
+        items = [from_jsonable(item, v) for v in value]
+        # Sequence fields hold tuples: the frozen configs' defaults are tuples.
+        return items if origin is list or tp is list else tuple(items)
+    if origin is dict and args:
+        return {k: from_jsonable(args[1], v) for k, v in value.items()}
+    return value
+
+
+def _proto_from_json(value: dict[str, Any]) -> Any:
+    from google.protobuf import json_format, symbol_database
+
+    name = value["@proto"]
+    database = symbol_database.Default()
+    try:
+        cls = database.GetSymbol(name)
+    except KeyError:
+        # Import the module that defines the protos Conveyor's parameters use.
+        import importlib
+
+        for prefix, module in _PROTO_MODULES.items():
+            if name.startswith(prefix):
+                importlib.import_module(module)
+        cls = database.GetSymbol(name)
+    return json_format.ParseDict(value["value"], cls())
+
+
+_PROTO_MODULES = {
+    "tensorflow_model_analysis.": "tensorflow_model_analysis.proto.config_pb2",
+    "tensorflow.metadata.v0.": "tensorflow_metadata.proto.v0.schema_pb2",
+}
 
 
 class Pipeline:

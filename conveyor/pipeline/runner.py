@@ -1,8 +1,11 @@
 """The local orchestrator: runs a pipeline's nodes in dependency order,
 independent nodes at the same time, recording everything in MLMD.
 
-MLMD is only touched from the scheduling thread; executors run in worker
-threads and see nothing but their artifacts, parameters and context.
+MLMD is only touched from the scheduling thread. Around each node it uses
+the reusable driver and publisher (`conveyor.pipeline.driver`: cache lookup,
+output URIs, code staging, publishing); the executor itself runs from a
+`conveyor.launch.Invocation`, in a worker thread or a child process, and sees
+nothing but its artifacts, parameters and context.
 """
 
 from __future__ import annotations
@@ -10,20 +13,22 @@ from __future__ import annotations
 import concurrent.futures as futures
 import dataclasses
 import datetime
-import importlib
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from conveyor import fs
 from conveyor.artifacts import Artifact
-from conveyor.components.base import ExecutionContext
-from conveyor.errors import ConveyorError, RunFailedError
+from conveyor.errors import RunFailedError
+from conveyor.launch import Invocation, InvocationResult, describe_error, execute
 from conveyor.metadata import store as mdstore
 from conveyor.metadata.store import Metadata
-from conveyor.pipeline import cache
+from conveyor.pipeline import driver
 from conveyor.pipeline.dsl import Component, Pipeline, to_jsonable
 
 __all__ = ["LocalRunner", "RunResult", "NodeResult"]
@@ -65,7 +70,12 @@ class LocalRunner:
     `enable_cache=False` re-runs every node (the CLI's --no-cache).
     `beam_pipeline_args` are appended to the pipeline's and precede each
     component's own, so the component's win.
+    `launcher="thread"` (the default) runs each node's executor in a thread
+    of this process; `"process"` runs it in a child process through
+    `python -m conveyor.launch`, the contract any orchestrator can use.
     """
+
+    LAUNCHERS = ("thread", "process")
 
     def __init__(
         self,
@@ -74,7 +84,11 @@ class LocalRunner:
         enable_cache: bool = True,
         beam_pipeline_args: list[str] | None = None,
         echo: Callable[[str], None] | None = None,
+        launcher: str = "thread",
     ) -> None:
+        if launcher not in self.LAUNCHERS:
+            raise ValueError(f"LocalRunner launcher {launcher!r} is not one of {list(self.LAUNCHERS)}")
+        self.launcher = launcher
         self.max_workers = max_workers
         self.enable_cache = enable_cache
         self.beam_pipeline_args = list(beam_pipeline_args or [])
@@ -188,94 +202,87 @@ class LocalRunner:
             for key, ch in component.inputs.items()
         }
         params = to_jsonable(component.params)
-        properties = {name: _mlmd_value(v) for name, v in params.items()}
-        properties[mdstore.COMPONENT_ID] = component.id
-        type_name = f"{type(component).__module__}.{type(component).__qualname__}"
+        properties = driver.execution_properties(component, params)
+        type_name = driver.component_type_name(component)
 
         if component.KIND == "resolver":
             execution_id = md.start_execution(type_name, contexts, inputs, properties)
             try:
                 outputs = component.resolve(md, inputs, pipeline_ctx)  # type: ignore[attr-defined]
             except Exception as e:  # noqa: BLE001 - recorded as FAILED, then raised by run()
-                return self._failed(md, component, execution_id, contexts, t0, e)
+                return self._failed(md, component, execution_id, contexts, t0, describe_error(component.id, e))
             md.finish_execution(execution_id, contexts, outputs)
             result = NodeResult(component.id, "COMPLETE", execution_id, time.monotonic() - t0, outputs)
             chosen = ", ".join(f"{k}={[a.id for a in v]}" for k, v in outputs.items())
             self.echo(f"  {component.id:<28} resolved {chosen}")
             return result
 
-        parts = cache.cache_key_parts(component, inputs, params)
-        key = cache.digest(parts) if parts is not None else None
+        key, parts = driver.cache_key(component, inputs, params)
         properties[mdstore.CACHE_KEY] = key
         properties[mdstore.CACHE_KEY_PARTS] = json.dumps(parts, sort_keys=True) if parts else None
         use_cache = self.enable_cache and pipeline.enable_cache and component.enable_cache and key
-        previous = _previous_executions(md, node_ctx.id)
+        previous = driver.previous_executions(md, node_ctx.id)
         if use_cache:
-            hit = _cache_hit(md, previous, key)
+            hit = driver.cache_hit(md, previous, key)
             if hit is not None:
                 execution_id = md.start_execution(type_name, contexts, inputs, properties)
                 md.finish_execution(execution_id, contexts, hit, state="CACHED")
                 self.echo(f"  {component.id:<28} CACHED")
                 return NodeResult(component.id, "CACHED", execution_id, time.monotonic() - t0, hit)
-        reason = _rerun_reason(md, previous, key, parts)
+        reason = driver.rerun_reason(previous, key, parts)
         if reason:
             properties[mdstore.RERUN_REASON] = "; ".join(reason)
 
         execution_id = md.start_execution(type_name, contexts, inputs, properties)
-        outputs = {
-            out_key: [ch.type(fs.join(pipeline.root, component.id, out_key, str(execution_id)))]
-            for out_key, ch in component.outputs.items()
-        }
-        for arts in outputs.values():
-            fs.makedirs(arts[0].uri)
-        # The object stores the node touches get their endpoint flags first,
-        # so the user's own flags still win.
-        touched = [pipeline.root, *_strings(params)]
-        beam_args = (fs.beam_args(touched) + pipeline.beam_pipeline_args + self.beam_pipeline_args
-                     + component.beam_pipeline_args)
-        tmp_dir = fs.join(pipeline.root, component.id, ".temp", str(execution_id))
-        ctx = ExecutionContext(
-            component_id=component.id,
-            pipeline_name=pipeline.name,
-            pipeline_root=pipeline.root,
-            execution_id=execution_id,
-            beam_pipeline_args=beam_args if component.USES_BEAM else [],
-            tmp_dir=tmp_dir,
+        beam_args = driver.beam_args_for(
+            pipeline.root, params, pipeline.beam_pipeline_args, self.beam_pipeline_args,
+            component.beam_pipeline_args,
+        )
+        try:
+            driver.check_code_reaches_workers(component, params, pipeline.root, beam_args)
+            outputs = driver.output_artifacts(pipeline.root, component, execution_id)
+            staged = driver.stage_user_code(component, params, pipeline.root)
+        except Exception as e:  # noqa: BLE001 - recorded as FAILED, then raised by run()
+            return self._failed(md, component, execution_id, contexts, t0, describe_error(component.id, e))
+        invocation = driver.invocation(
+            component, staged, inputs, outputs, pipeline_name=pipeline.name, root=pipeline.root,
+            execution_id=execution_id, beam_args=beam_args,
         )
         why = f" (re-run: {'; '.join(reason)})" if reason else ""
         self.echo(f"  {component.id:<28} running{why}")
-        fut = pool.submit(_execute, component, inputs, outputs, ctx)
+        fut = pool.submit(self._launch, invocation, type(component))
         result = NodeResult(component.id, "RUNNING", execution_id, rerun_reason=reason)
-        return fut, component, execution_id, {"inputs": inputs, "outputs": outputs, "result": result}, contexts, t0
+        return fut, component, execution_id, {"outputs": outputs, "result": result}, contexts, t0
+
+    def _launch(self, invocation: Invocation, cls: type) -> InvocationResult:
+        """Run one node's invocation (in a worker thread): in this process,
+        or in a child process through `python -m conveyor.launch`."""
+        if self.launcher == "process":
+            return _launch_in_child(invocation)
+        try:
+            return execute(invocation, cls)
+        except Exception as e:  # noqa: BLE001 - the result carries every failure
+            return InvocationResult(error=describe_error(invocation.component_id, e))
 
     def _finish(
         self, md: Metadata, component: Component, execution_id: int, io: dict, contexts: list, t0: float, fut: Any
     ) -> NodeResult:
-        outputs = io["outputs"]
-        error = fut.exception()
-        if error is not None:
-            _remove_outputs(outputs)
-            return self._failed(md, component, execution_id, contexts, t0, error)
-        for arts in outputs.values():
-            for a in arts:
-                fs.mark_complete(a.uri)  # the files are whole: readers may trust them
-        md.finish_execution(execution_id, contexts, outputs)
+        launched: InvocationResult = fut.result()
+        if not launched.succeeded:
+            driver.remove_outputs(io["outputs"])
+            return self._failed(md, component, execution_id, contexts, t0, launched.error)
+        outputs = driver.publish(md, execution_id, contexts, launched)
         seconds = time.monotonic() - t0
-        note = fut.result() or ""
+        note = launched.note
         self.echo(f"  {component.id:<28} COMPLETE in {seconds:.1f}s{' - ' + note if note else ''}")
         result: NodeResult = io["result"]
         result.state, result.seconds, result.outputs = "COMPLETE", seconds, outputs
         return result
 
     def _failed(
-        self, md: Metadata, component: Component, execution_id: int, contexts: list, t0: float, error: BaseException
+        self, md: Metadata, component: Component, execution_id: int, contexts: list, t0: float, message: str
     ) -> NodeResult:
-        if isinstance(error, ConveyorError):
-            message = str(error)
-        else:
-            tb = "".join(traceback.format_exception(type(error), error, error.__traceback__)[-6:])
-            message = f"{component.id}: {type(error).__name__}: {error}\n{tb}"
-        md.fail_execution(execution_id, contexts, message)
+        driver.fail(md, execution_id, contexts, message)
         seconds = time.monotonic() - t0
         self.echo(f"  {component.id:<28} FAILED after {seconds:.1f}s: {message.splitlines()[0]}")
         return NodeResult(component.id, "FAILED", execution_id, seconds, error=message)
@@ -292,72 +299,22 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
-def _strings(value: Any) -> Iterator[str]:
-    """Every string inside a JSON-like parameter value."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _strings(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _strings(v)
-
-
-def _mlmd_value(value: Any) -> Any:
-    return value if isinstance(value, (str, int, float)) and not isinstance(value, bool) else json.dumps(value)
-
-
-def _load_executor(component: Component) -> Callable[..., Any]:
-    executor = component.EXECUTOR
-    if callable(executor):
-        return executor
-    module_name, _, attr = executor.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
-
-
-def _execute(component: Component, inputs: dict, outputs: dict, ctx: ExecutionContext) -> Any:
-    fs.makedirs(ctx.tmp_dir)
-    try:
-        fn = _load_executor(component)
-        return fn(inputs, outputs, component.params, ctx)
-    finally:
-        fs.rmtree(ctx.tmp_dir)
-
-
-def _remove_outputs(outputs: dict[str, list[Artifact]]) -> None:
-    # A failed executor publishes nothing: its half-written files go too.
-    for arts in outputs.values():
-        for a in arts:
-            fs.rmtree(a.uri)
-
-
-def _previous_executions(md: Metadata, node_context_id: int) -> list[Any]:
-    pb = mdstore._pb()
-    done = [e for e in md.executions(node_context_id) if e.last_known_state == pb.Execution.COMPLETE]
-    return sorted(done, key=lambda e: e.id, reverse=True)
-
-
-def _cache_hit(md: Metadata, previous: list[Any], key: str) -> dict[str, list[Artifact]] | None:
-    for e in previous:
-        prop = e.custom_properties.get(mdstore.CACHE_KEY)
-        if prop is None or prop.string_value != key:
-            continue
-        outputs = md.io_of(e.id, "OUTPUT")
-        if all(fs.is_complete(a.uri) for arts in outputs.values() for a in arts):
-            return outputs
-    return None
-
-
-def _rerun_reason(md: Metadata, previous: list[Any], key: str | None, parts: dict | None) -> list[str]:
-    """Why this node runs although it ran before: the changed parts of the key."""
-    if not previous:
-        return []
-    last = previous[0]
-    old_raw = last.custom_properties.get(mdstore.CACHE_KEY_PARTS)
-    if old_raw is None or not old_raw.string_value or parts is None:
-        return []
-    old = json.loads(old_raw.string_value)
-    if old == parts:
-        return ["cache disabled or earlier outputs missing"]
-    return cache.explain_change(old, parts)
+def _launch_in_child(invocation: Invocation) -> InvocationResult:
+    """`python -m conveyor.launch` on the invocation, in a child process."""
+    with tempfile.TemporaryDirectory(prefix="conveyor-launch-") as scratch:
+        request = os.path.join(scratch, "invocation.json")
+        answer = os.path.join(scratch, "result.json")
+        with open(request, "w", encoding="utf-8") as f:
+            f.write(invocation.to_json())
+        proc = subprocess.run(
+            [sys.executable, "-m", "conveyor.launch", request, "--result", answer],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        )
+        if os.path.exists(answer):
+            with open(answer, encoding="utf-8") as f:
+                return InvocationResult.from_json(f.read())
+        tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-20:])
+        return InvocationResult(
+            error=f"{invocation.component_id}: the launcher process exited with code {proc.returncode} "
+                  f"without a result:\n{tail}"
+        )

@@ -1,0 +1,305 @@
+"""Driver and publisher: what happens around an executor, for any orchestrator.
+
+Around each node, an orchestrator
+
+1. (driver) records a RUNNING execution, looks the node up in the cache
+   (`cache_key`, `cache_hit`, `rerun_reason`), allocates its output URIs
+   (`output_artifacts`), stages its user code where workers can read it
+   (`stage_user_code`, `check_code_reaches_workers`) and builds its
+   `conveyor.launch.Invocation` (`invocation`);
+2. has the invocation executed, here (`conveyor.launch.execute`) or
+   anywhere (`python -m conveyor.launch`);
+3. (publisher) publishes the outputs the result names (`publish`: each
+   artifact's completion marker, then MLMD, LIVE), or records the failure and
+   removes what the executor wrote (`fail`, `remove_outputs`).
+
+`conveyor.pipeline.runner.LocalRunner` is one such orchestrator.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
+from urllib.parse import urlparse
+
+from conveyor import fs
+from conveyor.artifacts import Artifact
+from conveyor.components.base import fingerprint_files, user_code_files
+from conveyor.errors import ExecutorError
+from conveyor.launch import Invocation, InvocationResult, artifacts_to_json
+from conveyor.metadata import store as mdstore
+from conveyor.metadata.store import Metadata
+from conveyor.pipeline import cache
+from conveyor.pipeline.dsl import Component
+
+__all__ = [
+    "component_type_name",
+    "execution_properties",
+    "cache_key",
+    "previous_executions",
+    "cache_hit",
+    "rerun_reason",
+    "output_artifacts",
+    "stage_user_code",
+    "check_code_reaches_workers",
+    "remote_workers",
+    "beam_args_for",
+    "invocation",
+    "publish",
+    "fail",
+    "remove_outputs",
+    "CODE_DIR",
+]
+
+# Under the pipeline root: user code staged for remote workers, by content.
+CODE_DIR = "_code"
+
+
+def component_type_name(component: Component) -> str:
+    cls = type(component)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def execution_properties(component: Component, params: dict[str, Any]) -> dict[str, Any]:
+    """The custom properties of a node's execution: its parameters under
+    their own names (JSON for structured ones) and its component id."""
+    properties = {name: _mlmd_value(v) for name, v in params.items()}
+    properties[mdstore.COMPONENT_ID] = component.id
+    return properties
+
+
+def _mlmd_value(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float)) and not isinstance(value, bool) else json.dumps(value)
+
+
+# -- cache ---------------------------------------------------------------------
+
+
+def cache_key(
+    component: Component, inputs: dict[str, list[Artifact]], params: dict[str, Any]
+) -> tuple[str | None, dict[str, str] | None]:
+    """(the cache key, its parts), or (None, None) when the node cannot be cached."""
+    parts = cache.cache_key_parts(component, inputs, params)
+    return (cache.digest(parts) if parts is not None else None), parts
+
+
+def previous_executions(md: Metadata, node_context_id: int) -> list[Any]:
+    """The node's completed executions, newest first."""
+    pb = mdstore._pb()
+    done = [e for e in md.executions(node_context_id) if e.last_known_state == pb.Execution.COMPLETE]
+    return sorted(done, key=lambda e: e.id, reverse=True)
+
+
+def cache_hit(md: Metadata, previous: list[Any], key: str) -> dict[str, list[Artifact]] | None:
+    """The outputs of the newest earlier execution with this key whose
+    outputs are all still there and whole (their completion marker)."""
+    for e in previous:
+        prop = e.custom_properties.get(mdstore.CACHE_KEY)
+        if prop is None or prop.string_value != key:
+            continue
+        outputs = md.io_of(e.id, "OUTPUT")
+        if all(fs.is_complete(a.uri) for arts in outputs.values() for a in arts):
+            return outputs
+    return None
+
+
+def rerun_reason(previous: list[Any], key: str | None, parts: dict | None) -> list[str]:
+    """Why a node runs although it ran before: the changed parts of its key."""
+    if not previous:
+        return []
+    old_raw = previous[0].custom_properties.get(mdstore.CACHE_KEY_PARTS)
+    if old_raw is None or not old_raw.string_value or parts is None:
+        return []
+    old = json.loads(old_raw.string_value)
+    if old == parts:
+        return ["cache disabled or earlier outputs missing"]
+    return cache.explain_change(old, parts)
+
+
+# -- before the executor -----------------------------------------------------------
+
+
+def output_artifacts(root: str, component: Component, execution_id: int) -> dict[str, list[Artifact]]:
+    """A new artifact per output key at `<root>/<node>/<key>/<execution id>`."""
+    outputs = {
+        key: [ch.type(fs.join(root, component.id, key, str(execution_id)))]
+        for key, ch in component.outputs.items()
+    }
+    for arts in outputs.values():
+        fs.makedirs(arts[0].uri)
+    return outputs
+
+
+def stage_user_code(component: Component, params: dict[str, Any], root: str) -> dict[str, Any]:
+    """`params` with each user module file of the node replaced by its copy
+    under `<root>/_code/<content hash>/` when the root is on an object store,
+    so Beam workers that see nothing of this machine load it from there
+    (and what runs is exactly what the cache key hashed). The module's local
+    imports are copied beside it. Parameters are unchanged for a local root."""
+    if not fs.is_remote(root):
+        return params
+    staged = dict(params)
+    for name in component.CODE_PARAMS:
+        module_file = params.get(name)
+        if not (isinstance(module_file, str) and module_file.endswith(".py")) or not fs.isfile(module_file):
+            continue  # not a file: the executor reports it
+        files = user_code_files(module_file)
+        target = fs.join(root, CODE_DIR, fingerprint_files(files)[:16])
+        base = fs.dirname(fs.abspath(module_file))
+        if not fs.is_complete(target):
+            for f in files:
+                fs.copy(f, fs.join(target, *fs.relpath(f, base).split("/")))
+            fs.mark_complete(target)
+        staged[name] = fs.join(target, fs.basename(module_file))
+    return staged
+
+
+_LOOPBACK = ("localhost", "127.0.0.1", "::1", "")
+
+
+def _flag(args: Sequence[str], name: str) -> str | None:
+    """The last value of `--name=value` or `--name value` in Beam flags."""
+    found = None
+    for i, arg in enumerate(args):
+        if arg.startswith(f"--{name}="):
+            found = arg.split("=", 1)[1]
+        elif arg == f"--{name}" and i + 1 < len(args):
+            found = args[i + 1]
+    return found
+
+
+def _host(endpoint: str) -> str:
+    return (urlparse(endpoint if "://" in endpoint else f"//{endpoint}").hostname or "").lower()
+
+
+def remote_workers(beam_args: Sequence[str]) -> str | None:
+    """Why the Beam workers these flags ask for cannot see this machine's
+    files, or None when they can (the DirectRunner, or a portable runner
+    whose job server and workers are on this machine)."""
+    runner = (_flag(beam_args, "runner") or "DirectRunner").lower()
+    if runner in ("directrunner", "direct", "interactiverunner"):
+        return None
+    if "dataflow" in runner:
+        return f"the {_flag(beam_args, 'runner')} runs workers on other machines"
+    environment = (_flag(beam_args, "environment_type") or "").upper()
+    if environment == "DOCKER":
+        return "workers run in Docker containers (--environment_type=DOCKER)"
+    for name in ("job_endpoint", "flink_master", "spark_master_url", "environment_config"):
+        value = _flag(beam_args, name)
+        if value and name == "environment_config" and environment != "EXTERNAL":
+            continue
+        if value and not value.startswith(("[", "local")) and _host(value) not in _LOOPBACK:
+            return f"--{name}={value} is on another machine"
+    return None
+
+
+def check_code_reaches_workers(component: Component, params: dict[str, Any], root: str,
+                               beam_args: Sequence[str]) -> None:
+    """Raise, before any Beam job starts, when the node's Beam workers would
+    need its user code but run where this machine's files are not, and the
+    pipeline root (where code is staged) is local too."""
+    if not component.USES_BEAM or fs.is_remote(root):
+        return
+    files = [params[name] for name in component.CODE_PARAMS if isinstance(params.get(name), str)]
+    files = [f for f in files if f.endswith(".py")]
+    why = remote_workers(beam_args)
+    if not files or why is None:
+        return
+    raise ExecutorError(
+        f"{component.id}: its module file {files[0]} cannot reach the Beam workers: {why}, and the "
+        f"pipeline root {root} is on this machine's disk, where Conveyor would stage the code. Put the "
+        f"pipeline root on storage the workers read (s3://... or gs://...): Conveyor then copies the "
+        f"module file and its local imports there and the workers load them from it."
+    )
+
+
+def invocation(
+    component: Component,
+    params: dict[str, Any],
+    inputs: dict[str, list[Artifact]],
+    outputs: dict[str, list[Artifact]],
+    *,
+    pipeline_name: str,
+    root: str,
+    execution_id: int,
+    beam_args: Sequence[str],
+) -> Invocation:
+    cls = type(component)
+    executor = component.EXECUTOR if isinstance(component.EXECUTOR, str) else ""
+    return Invocation(
+        component_id=component.id,
+        component_class=f"{cls.__module__}:{cls.__qualname__}",
+        executor=executor or f"{cls.__module__}:{cls.__qualname__}.EXECUTOR",
+        parameters=params,
+        inputs=artifacts_to_json(inputs),
+        outputs=artifacts_to_json(outputs),
+        beam_pipeline_args=list(beam_args) if component.USES_BEAM else [],
+        pipeline_name=pipeline_name,
+        pipeline_root=root,
+        execution_id=execution_id,
+        tmp_dir=fs.join(root, component.id, ".temp", str(execution_id)),
+        code_file=_class_file(cls),
+    )
+
+
+def _class_file(cls: type) -> str:
+    import inspect
+
+    # A function component's class is made at run time: its function's file.
+    try:
+        return inspect.getsourcefile(getattr(cls, "function", None) or cls) or ""
+    except TypeError:
+        return ""
+
+
+def beam_args_for(root: str, params: dict[str, Any], *arg_lists: Sequence[str]) -> list[str]:
+    """A node's Beam flags: the object stores it touches first, then each
+    list in order, so later ones (the component's own) win."""
+    args = fs.beam_args([root, *_strings(params)])
+    for more in arg_lists:
+        args += list(more)
+    return args
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string inside a JSON-like parameter value."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+# -- after the executor ---------------------------------------------------------------
+
+
+def publish(md: Metadata, execution_id: int, contexts: Sequence[Any],
+            result: InvocationResult) -> dict[str, list[Artifact]]:
+    """Publish a successful result: each output's completion marker (its
+    files are whole), then the artifacts in MLMD, LIVE, and the execution
+    COMPLETE. Returns the published artifacts, with their MLMD ids."""
+    outputs = result.output_artifacts()
+    for arts in outputs.values():
+        for a in arts:
+            fs.mark_complete(a.uri)
+    md.finish_execution(execution_id, contexts, outputs)
+    return outputs
+
+
+def fail(md: Metadata, execution_id: int, contexts: Sequence[Any], message: str,
+         outputs: dict[str, list[Artifact]] | None = None) -> None:
+    """Record a failed execution with its error; what it wrote goes."""
+    if outputs:
+        remove_outputs(outputs)
+    md.fail_execution(execution_id, contexts, message)
+
+
+def remove_outputs(outputs: dict[str, list[Artifact]]) -> None:
+    # A failed executor publishes nothing: its half-written files go too.
+    for arts in outputs.values():
+        for a in arts:
+            fs.rmtree(a.uri)
