@@ -33,9 +33,10 @@ import os
 import posixpath
 import re
 import shutil
+import sys
 import threading
 from collections.abc import Iterable, Iterator
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 from urllib.parse import urlparse
 
 __all__ = [
@@ -76,6 +77,7 @@ __all__ = [
     "s3_endpoint",
     "iter_chunks",
     "tensorflow_io_loaded",
+    "exit_process",
 ]
 
 REMOTE_SCHEMES = ("s3", "gs")
@@ -215,12 +217,8 @@ def arrow_filesystem(path: str) -> tuple[Any, str]:
     return filesystem, path.split("://", 1)[1].rstrip("/")
 
 
-def _remote(path: str) -> tuple[Any, str]:
-    return arrow_filesystem(path)
-
-
 def _info(path: str) -> Any:
-    filesystem, inner = _remote(path)
+    filesystem, inner = arrow_filesystem(path)
     return filesystem.get_file_info(inner)
 
 
@@ -259,7 +257,7 @@ def listdir(path: str) -> list[str]:
         return sorted(os.listdir(_local(path)))
     from pyarrow import fs as pafs
 
-    filesystem, inner = _remote(path)
+    filesystem, inner = arrow_filesystem(path)
     infos = filesystem.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
     return sorted(posixpath.basename(i.path) for i in infos)
 
@@ -267,7 +265,7 @@ def listdir(path: str) -> list[str]:
 def _remote_files(path: str) -> list[Any]:
     from pyarrow import fs as pafs
 
-    filesystem, inner = _remote(path)
+    filesystem, inner = arrow_filesystem(path)
     infos = filesystem.get_file_info(pafs.FileSelector(inner, recursive=True, allow_not_found=True))
     return [i for i in infos if i.type == pafs.FileType.File]
 
@@ -281,7 +279,7 @@ def walk_files(path: str) -> list[str]:
             for d, _, names in os.walk(root) for f in names
         ]
         return sorted(found)
-    _, inner = _remote(path)
+    _, inner = arrow_filesystem(path)
     return sorted(posixpath.relpath(i.path, inner) for i in _remote_files(path))
 
 
@@ -305,7 +303,7 @@ def glob(pattern: str) -> list[str]:
     regex = _glob_regex(rest)
     from pyarrow import fs as pafs
 
-    filesystem, _ = _remote(pattern)
+    filesystem, _ = arrow_filesystem(pattern)
     infos = filesystem.get_file_info(pafs.FileSelector(prefix.rstrip("/"), recursive=True, allow_not_found=True))
     matched = {i.path for i in infos if regex.match(i.path)}
     return sorted(f"{head}://{p}" for p in matched)
@@ -325,13 +323,15 @@ def stat_many(paths: Iterable[str]) -> list[FileStat]:
         if not is_remote(p):
             st = os.stat(_local(p))
             result[p] = FileStat(p, st.st_size, st.st_mtime_ns)
-    remote = [p for p in paths if is_remote(p)]
-    if remote:
+    for kind in REMOTE_SCHEMES:
+        remote = [p for p in paths if scheme(p) == kind]
+        if not remote:
+            continue
         from pyarrow import fs as pafs
 
-        filesystem, _ = _remote(remote[0])
-        infos = filesystem.get_file_info([_remote(p)[1] for p in remote])
-        checksums = _s3_etags(remote) if scheme(remote[0]) == "s3" else {}
+        filesystem, _ = arrow_filesystem(remote[0])
+        infos = filesystem.get_file_info([arrow_filesystem(p)[1] for p in remote])
+        checksums = _s3_etags(remote) if kind == "s3" else {}
         for p, info in zip(remote, infos, strict=True):
             if info.type != pafs.FileType.File:
                 raise FileNotFoundError(f"{p} is not a file")
@@ -376,7 +376,7 @@ def open(path: str, mode: str = "r", encoding: str | None = None) -> IO[Any]:  #
             # As on an object store, writing a file needs no directory made first.
             os.makedirs(os.path.dirname(os.path.abspath(_local(path))), exist_ok=True)
         return _builtin_open(_local(path), mode, encoding=None if "b" in mode else (encoding or "utf-8"))
-    filesystem, inner = _remote(path)
+    filesystem, inner = arrow_filesystem(path)
     if mode in ("r", "rb"):
         raw: Any = filesystem.open_input_file(inner)
     elif mode in ("w", "wb"):
@@ -429,7 +429,7 @@ def remove(path: str) -> None:
     if not is_remote(path):
         os.remove(_local(path))
         return
-    filesystem, inner = _remote(path)
+    filesystem, inner = arrow_filesystem(path)
     filesystem.delete_file(inner)
 
 
@@ -440,7 +440,7 @@ def rmtree(path: str) -> None:
         return
     from pyarrow import fs as pafs
 
-    filesystem, inner = _remote(path)
+    filesystem, inner = arrow_filesystem(path)
     info = filesystem.get_file_info(inner)
     if info.type == pafs.FileType.Directory:
         filesystem.delete_dir_contents(inner, missing_dir_ok=True)
@@ -458,8 +458,8 @@ def copy(src: str, dst: str) -> None:
         shutil.copyfile(_local(src), _local(dst))
         return
     if scheme(src) == scheme(dst):
-        filesystem, inner = _remote(src)
-        filesystem.copy_file(inner, _remote(dst)[1])
+        filesystem, inner = arrow_filesystem(src)
+        filesystem.copy_file(inner, arrow_filesystem(dst)[1])
         return
     makedirs(dirname(dst))
     with open(src, "rb") as fin, open(dst, "wb") as fout:
@@ -517,9 +517,12 @@ def is_complete(uri: str) -> bool:
 def beam_args(paths: Iterable[str]) -> list[str]:
     """Beam flags for the object stores `paths` live on: the S3 endpoint and
     region (credentials stay in the environment, where boto3 finds them on
-    every worker; they never appear on a command line or in MLMD)."""
+    every worker; they never appear on a command line or in MLMD), and the
+    worker plugin that lets TensorFlow on workers read s3://."""
     args: list[str] = []
     if any(scheme(p) == "s3" for p in paths):
+        # Workers register TensorFlow's s3:// filesystem when they start.
+        args.append("--beam_plugins=conveyor.beam_worker")
         endpoint = s3_endpoint()
         if endpoint:
             args.append(f"--s3_endpoint_url={endpoint}")
@@ -556,6 +559,18 @@ def enable_tensorflow(paths: Iterable[str] = ()) -> None:
 def tensorflow_io_loaded() -> bool:
     """Whether enable_tensorflow() loaded tensorflow-io in this process."""
     return _tf_ready
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a command-line process with `code`. tensorflow-io 0.37's S3
+    filesystem aborts the interpreter in its static destructors at exit
+    (tensorflow/io#2039), turning a finished run into exit code 134: when
+    it was loaded, flush and leave without running them."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if _tf_ready:
+        os._exit(code)
+    sys.exit(code)
 
 
 def iter_chunks(path: str, size: int = 8 << 20) -> Iterator[bytes]:

@@ -102,7 +102,8 @@ def test_paths():
 
 def test_beam_args_name_the_endpoint_never_the_secrets(s3_env):
     args = fs.beam_args(["s3://bucket/root"])
-    assert args == [f"--s3_endpoint_url={s3_env.endpoint}", "--s3_region_name=us-east-1"]
+    assert args == ["--beam_plugins=conveyor.beam_worker", f"--s3_endpoint_url={s3_env.endpoint}",
+                    "--s3_region_name=us-east-1"]
     assert not any(s3_env.env["AWS_SECRET_ACCESS_KEY"] in a for a in args)
     assert fs.beam_args(["/local/root"]) == []
 
