@@ -453,15 +453,17 @@ def rmtree(path: str) -> None:
 
 
 def copy(src: str, dst: str) -> None:
-    """Copy one file, across filesystems if need be."""
-    if not is_remote(src) and not is_remote(dst):
-        shutil.copyfile(_local(src), _local(dst))
-        return
-    if scheme(src) == scheme(dst):
+    """Copy one file, across filesystems if need be (making a local
+    destination's directory)."""
+    if not is_remote(dst):
+        makedirs(os.path.dirname(os.path.abspath(_local(dst))))
+        if not is_remote(src):
+            shutil.copyfile(_local(src), _local(dst))
+            return
+    elif scheme(src) == scheme(dst):
         filesystem, inner = arrow_filesystem(src)
         filesystem.copy_file(inner, arrow_filesystem(dst)[1])
         return
-    makedirs(dirname(dst))
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         shutil.copyfileobj(fin, fout, 8 << 20)
 
@@ -473,10 +475,7 @@ def copytree(src: str, dst: str, *, last: Iterable[str] = ()) -> None:
     late = set(last)
     files = walk_files(src)
     for rel in sorted(files, key=lambda r: (r in late, r)):
-        target = join(dst, rel)
-        if not is_remote(dst):
-            os.makedirs(os.path.dirname(_local(target)), exist_ok=True)
-        copy(join(src, rel), target)
+        copy(join(src, rel), join(dst, rel))
 
 
 def rename(src: str, dst: str) -> None:

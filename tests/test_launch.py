@@ -302,3 +302,18 @@ def test_user_code_is_staged_under_a_remote_root_by_content(s3_env, tmp_path):
     (code / "helpers.py").write_text("VALUE = 42\n")
     assert driver.stage_user_code(transform, params, root)["module_file"] != staged["module_file"]
     assert driver.stage_user_code(transform, params, str(tmp_path / "local")) == params
+
+
+def test_a_staged_module_loads_from_the_object_store_with_its_siblings(s3_env, tmp_path):
+    from conveyor.components.base import load_user_function
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "siblings.py").write_text("FACTOR = 6\n")
+    (code / "user_module.py").write_text("import siblings\n\ndef run_fn(x):\n    return x * siblings.FACTOR\n")
+    root = f"{s3_env.bucket('conveyor-load')}/root"
+    trainer = Trainer(examples=Channel(CsvExampleGen.OUTPUTS["examples"]), module_file=str(code / "user_module.py"))
+    staged = driver.stage_user_code(trainer, to_jsonable(trainer.params), root)["module_file"]
+    assert staged.startswith("s3://")
+    fn = load_user_function("trainer", "run_fn", module_file=staged)
+    assert fn(7) == 42

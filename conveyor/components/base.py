@@ -21,6 +21,7 @@ import importlib.util
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
@@ -110,8 +111,11 @@ def _local_copy(path: str) -> str:
     for f in files:
         target = os.path.join(folder, *fs.relpath(f, base).split("/"))
         if not os.path.exists(target):
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            fs.copy(f, target)
+            # Several workers may fetch the same code at once: each file
+            # appears whole or not at all.
+            partial = f"{target}.{os.getpid()}.{threading.get_ident()}.partial"
+            fs.copy(f, partial)
+            os.replace(partial, target)
     return os.path.join(folder, fs.basename(path))
 
 
