@@ -12,6 +12,7 @@ from conveyor.artifacts import ARTIFACT_TYPES, Artifact, Model, ModelBlessing
 from conveyor.components.base import fingerprint_files
 from conveyor.errors import ExecutorError, PipelineDefinitionError, closest
 from conveyor.pipeline.dsl import Component, Input
+from conveyor.secrets import redact
 
 __all__ = ["Resolver", "LatestBlessedModel", "LatestArtifact", "Importer"]
 
@@ -131,7 +132,7 @@ class Importer(Resolver):
             same = [a for a in md.artifacts_of_type(cls) if a.uri == uri and a.get("fingerprint") == fingerprint]
             if same:
                 return {"result": [max(same, key=lambda a: a.id or 0)]}
-        custom = {**self.params.custom_properties, "fingerprint": fingerprint}
+        custom = {**redact(self.params.custom_properties), "fingerprint": fingerprint}
         art = cls(uri, properties=self.params.properties, custom_properties=custom)
         return {"result": [art]}
 

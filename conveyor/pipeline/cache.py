@@ -9,10 +9,11 @@ import hashlib
 import json
 from typing import Any
 
-from conveyor import fs
+from conveyor import fs, secrets
 from conveyor.artifacts import Artifact
 from conveyor.components.base import fingerprint_files, user_code_files
 from conveyor.pipeline.dsl import Component
+from conveyor.secrets import redact
 
 __all__ = ["cache_key_parts", "digest", "explain_change"]
 
@@ -22,14 +23,15 @@ def cache_key_parts(
 ) -> dict[str, str] | None:
     """The parts of the cache key, or None when the node cannot be cached
     (its user code file is missing: the executor will report that)."""
-    cls = type(component)
-    parts: dict[str, str] = {"component": f"{cls.__module__}.{cls.__qualname__}@{cls.VERSION}"}
+    parts: dict[str, str] = {"component": f"{component.type_name()}@{component.VERSION}"}
     for key, artifacts in sorted(inputs.items()):
         spec = component.INPUTS.get(key)
         if spec is not None and not spec.in_cache_key:
             continue
         parts[f"input:{key}"] = ",".join(str(a.id) for a in artifacts)
-    for name, value in sorted(params.items()):
+    # Secrets are kept as fingerprints: the key changes with them, and the
+    # parts (recorded in MLMD, shown in re-run reasons) never hold them.
+    for name, value in sorted(redact(params, mask=secrets.fingerprint).items()):
         parts[f"parameter:{name}"] = json.dumps(value, sort_keys=True)
     for name, fingerprint in sorted(component.external_fingerprints().items()):
         parts[f"data:{name}"] = fingerprint

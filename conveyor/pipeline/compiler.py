@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from conveyor.pipeline.dsl import Pipeline, to_jsonable
+from conveyor.secrets import redact, redact_args
 
 __all__ = ["compile_pipeline", "to_json"]
 
@@ -21,7 +22,7 @@ def compile_pipeline(pipeline: Pipeline) -> dict[str, Any]:
         nodes.append(
             {
                 "id": c.id,
-                "component": f"{cls.__module__}.{cls.__qualname__}",
+                "component": c.type_name(),
                 "version": cls.VERSION,
                 "kind": c.KIND,
                 "executor": executor,
@@ -34,10 +35,10 @@ def compile_pipeline(pipeline: Pipeline) -> dict[str, Any]:
                     for key, ch in c.inputs.items()
                 },
                 "outputs": {key: ch.type.TYPE_NAME for key, ch in c.outputs.items()},
-                "parameters": to_jsonable(c.params),
+                "parameters": redact(to_jsonable(c.params)),
                 "upstream": [u.id for u in c.upstream()],
                 "enable_cache": c.enable_cache,
-                "beam_pipeline_args": c.beam_pipeline_args if c.USES_BEAM else [],
+                "beam_pipeline_args": redact_args(c.beam_pipeline_args) if c.USES_BEAM else [],
             }
         )
     return {
@@ -46,7 +47,7 @@ def compile_pipeline(pipeline: Pipeline) -> dict[str, Any]:
             "name": pipeline.name,
             "root": pipeline.root,
             "metadata": {"sqlite": pipeline.metadata},
-            "beam_pipeline_args": pipeline.beam_pipeline_args,
+            "beam_pipeline_args": redact_args(pipeline.beam_pipeline_args),
             "enable_cache": pipeline.enable_cache,
         },
         "nodes": nodes,
