@@ -65,7 +65,13 @@ def _run(args: argparse.Namespace) -> int:
 
     pipeline = _pipeline(args)
     runner = LocalRunner(enable_cache=not args.no_cache, beam_pipeline_args=args.beam_arg, max_workers=args.workers,
-                         launcher=args.launcher)
+                         launcher=args.launcher, run_from=args.run_from)
+    if args.run_from:
+        try:
+            pipeline.component(args.run_from)  # an unknown node is an error before anything runs
+        except KeyError as e:
+            print(f"error: --from: {e.args[0]}", file=sys.stderr)
+            return 2
     result = runner.run(pipeline, raise_on_failure=False)
     failed = [n for n in result.nodes.values() if n.state == "FAILED"]
     for n in failed:
@@ -144,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = sub.add_parser("run", help="run a pipeline on this machine")
     run.add_argument("pipeline", help="a Python file defining `pipeline` or `create_pipeline()`")
     run.add_argument("--no-cache", action="store_true", help="re-run every component")
+    run.add_argument("--from", dest="run_from", metavar="NODE",
+                     help="re-run NODE and everything downstream of it, ignoring their cache")
     run.add_argument(
         "--beam-arg", action="append", default=[], metavar="FLAG",
         help="a Beam pipeline flag for every Beam component, e.g. --beam-arg=--direct_num_workers=2",

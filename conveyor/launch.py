@@ -40,6 +40,7 @@ __all__ = [
     "InvocationResult",
     "execute",
     "describe_error",
+    "failure",
     "component_class",
     "artifacts_to_json",
     "artifacts_from_json",
@@ -87,6 +88,9 @@ class InvocationResult:
     outputs: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
     note: str = ""
     error: str = ""
+    # The failure may pass on a retry: not a ConveyorError (bad input or
+    # user code), but e.g. a lost connection or a worker that died.
+    transient: bool = False
 
     @property
     def succeeded(self) -> bool:
@@ -184,6 +188,11 @@ def describe_error(component_id: str, error: BaseException) -> str:
     return f"{component_id}: {type(error).__name__}: {error}\n{tb}"
 
 
+def failure(component_id: str, error: BaseException) -> InvocationResult:
+    """The result of a node whose executor raised `error`."""
+    return InvocationResult(error=describe_error(component_id, error), transient=not isinstance(error, ConveyorError))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m conveyor.launch", description=__doc__.split("\n\n")[0])
     parser.add_argument("invocation", help="an invocation JSON file (a local path or an object-store URI)")
@@ -199,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as e:  # noqa: BLE001 - every failure is reported in the result
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
-        result = InvocationResult(error=describe_error(invocation.component_id, e))
+        result = failure(invocation.component_id, e)
     if args.result:
         fs.write_text(args.result, result.to_json())
     else:

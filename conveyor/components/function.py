@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -94,6 +95,11 @@ def component(fn: Callable[..., Any] | None = None, *, version: str = "1") -> An
         return fn(**kwargs)
 
     source = inspect.getsourcefile(fn)
+    # One type name however the file is run (`conveyor run` loads a pipeline
+    # file as "conveyor_pipeline", `python pipeline.py` as "__main__"): the
+    # file's name and the function's.
+    stem = os.path.splitext(os.path.basename(source))[0] if source else fn.__module__
+    type_name = f"{stem}.{fn.__qualname__}"
 
     def code_files(self: Component) -> list[str]:
         return user_code_files(source) if source else []
@@ -110,6 +116,7 @@ def component(fn: Callable[..., Any] | None = None, *, version: str = "1") -> An
             "EXECUTOR": staticmethod(execute),
             "VERSION": version,
             "code_files": code_files,
+            "type_name": classmethod(lambda cls: type_name),
             "function": staticmethod(fn),
         },
     )

@@ -59,6 +59,16 @@ class Pusher(Component):
     Params = PusherParams
     EXECUTOR = "conveyor.components.pusher:run"
 
+    def staging_paths(self, params: dict, execution_id: int) -> list[str]:
+        """Where a push by this execution stages a copy before renaming it into
+        place (a crash leaves it behind; `conveyor run` removes it)."""
+        destination = params.get("base_directory") or (
+            (params.get("push_destination") or {}).get("filesystem") or {}
+        ).get("base_directory")
+        if not destination or fs.is_remote(destination):
+            return []
+        return fs.glob(fs.join(fs.abspath(destination), f".*.incomplete-{execution_id}"))
+
     def check(self) -> None:
         p = self.params
         if (p.push_destination is None) == (not p.base_directory):
@@ -125,15 +135,15 @@ def run(
     if fs.is_remote(base):
         target = _push_to_object_store(source, base, version)
     else:
-        target = _push_to_disk(source, base, version)
+        target = _push_to_disk(source, base, version, ctx.execution_id)
     pushed.set("pushed", 1)
     pushed.set("pushed_destination", target)
     pushed.set("pushed_version", str(version))
     return f"pushed model {model.uri} to {target}"
 
 
-def _push_to_disk(source: str, base: str, version: int) -> str:
-    staging = fs.join(base, f".{version}.incomplete")
+def _push_to_disk(source: str, base: str, version: int, execution_id: int) -> str:
+    staging = fs.join(base, f".{version}.incomplete-{execution_id}")
     fs.rmtree(staging)
     try:
         fs.copytree(source, staging)

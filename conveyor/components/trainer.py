@@ -66,6 +66,7 @@ class Trainer(Component):
     Params = TrainerParams
     EXECUTOR = "conveyor.components.trainer:run"
     CODE_PARAMS = ("module_file",)
+    IMPORT_PATH_PARAMS = ("run_fn",)
 
     def check(self) -> None:
         p = self.params

@@ -69,6 +69,7 @@ class Transform(Component):
     EXECUTOR = "conveyor.components.transform:run"
     USES_BEAM = True
     CODE_PARAMS = ("module_file",)
+    IMPORT_PATH_PARAMS = ("preprocessing_fn",)
 
     def check(self) -> None:
         p = self.params

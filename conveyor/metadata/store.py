@@ -26,6 +26,11 @@ CACHE_KEY_PARTS = "__cache_key_parts__"
 ERROR = "__error__"
 COMPONENT_ID = "__component_id__"
 RERUN_REASON = "__rerun_reason__"
+# JSON {"host", "pid", "start"}: the process that runs the execution, so a
+# later run can tell an execution whose process died from a running one.
+OWNER = "__owner__"
+ATTEMPTS = "__attempts__"
+RETRIED_ERRORS = "__retried_errors__"
 
 
 
@@ -194,12 +199,24 @@ class Metadata:
         for (_, _, art), new_id in zip(flat, artifact_ids, strict=True):
             art.id = new_id
 
+    def set_execution_properties(self, execution_id: int, properties: dict[str, Any]) -> None:
+        """Add custom properties to an execution, leaving its state."""
+        with self._lock:
+            [e] = self.store.get_executions_by_id([execution_id])
+            for k, v in properties.items():
+                _set_value(e.custom_properties[k], v)
+            self.store.put_executions([e])
+
     def fail_execution(self, execution_id: int, contexts: Sequence[Any], error: str) -> None:
         self.finish_execution(execution_id, contexts, {}, state="FAILED", properties={ERROR: error})
 
     def executions(self, context_id: int) -> list[Any]:
         with self._lock:
             return list(self.store.get_executions_by_context(context_id))
+
+    def contexts_of(self, execution_id: int) -> list[Any]:
+        with self._lock:
+            return list(self.store.get_contexts_by_execution(execution_id))
 
     def execution(self, execution_id: int) -> Any:
         with self._lock:

@@ -19,7 +19,9 @@ Around each node, an orchestrator
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+import os
+import socket
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -32,6 +34,7 @@ from conveyor.metadata import store as mdstore
 from conveyor.metadata.store import Metadata
 from conveyor.pipeline import cache
 from conveyor.pipeline.dsl import Component
+from conveyor.secrets import redact
 
 __all__ = [
     "component_type_name",
@@ -49,6 +52,9 @@ __all__ = [
     "publish",
     "fail",
     "remove_outputs",
+    "owner",
+    "owner_alive",
+    "reconcile",
     "CODE_DIR",
 ]
 
@@ -57,14 +63,14 @@ CODE_DIR = "_code"
 
 
 def component_type_name(component: Component) -> str:
-    cls = type(component)
-    return f"{cls.__module__}.{cls.__qualname__}"
+    return component.type_name()
 
 
 def execution_properties(component: Component, params: dict[str, Any]) -> dict[str, Any]:
     """The custom properties of a node's execution: its parameters under
-    their own names (JSON for structured ones) and its component id."""
-    properties = {name: _mlmd_value(v) for name, v in params.items()}
+    their own names (JSON for structured ones; secrets masked) and its
+    component id."""
+    properties = {name: _mlmd_value(v) for name, v in redact(params).items()}
     properties[mdstore.COMPONENT_ID] = component.id
     return properties
 
@@ -272,6 +278,97 @@ def _strings(value: Any) -> Iterator[str]:
     elif isinstance(value, list):
         for v in value:
             yield from _strings(v)
+
+
+# -- owners: finding executions abandoned by a process that died ----------------
+
+
+def _process_start(pid: int) -> str:
+    """When a process started (clock ticks since boot, from /proc), so a pid
+    the kernel reused is not taken for the process that died; '' elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            stat = f.read()
+    except OSError:
+        return ""
+    return stat[stat.rindex(")") + 2:].split()[19]
+
+
+def owner() -> str:
+    """This process, as recorded on the executions it runs (JSON)."""
+    return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid())})
+
+
+def owner_alive(recorded: str | None) -> bool | None:
+    """Whether the process that recorded `owner()` still runs: None when it
+    ran on another host (it cannot be checked from here)."""
+    if not recorded:
+        return False  # written before owners were recorded: nothing runs it now
+    try:
+        data = json.loads(recorded)
+        host, pid, start = data["host"], int(data["pid"]), str(data.get("start", ""))
+    except (ValueError, KeyError, TypeError):
+        return False
+    if host != socket.gethostname():
+        return None
+    if not os.path.exists(f"/proc/{pid}") and not _pid_exists(pid):
+        return False
+    return not start or _process_start(pid) in ("", start)
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reconcile(md: Metadata, pipeline: Any, pipeline_context: Any, echo: Callable[[str], None]) -> list[int]:
+    """Mark the pipeline's RUNNING executions whose process died FAILED
+    ("abandoned by a process that died"), and remove what they left: their
+    output folders, scratch folder and staging (e.g. a Pusher's half copy).
+    Returns their ids. Executions of live processes (another run going on)
+    and of other hosts are left alone."""
+    pb = mdstore._pb()
+    by_id = {c.id: c for c in pipeline.components}
+    abandoned = []
+    for e in md.executions(pipeline_context.id):
+        if e.last_known_state != pb.Execution.RUNNING:
+            continue
+        recorded = e.custom_properties.get(mdstore.OWNER)
+        who = recorded.string_value if recorded is not None else ""
+        if owner_alive(who) is not False:
+            continue
+        component_id = e.custom_properties[mdstore.COMPONENT_ID].string_value
+        for path in fs.glob(fs.join(pipeline.root, component_id, "*", str(e.id))):
+            fs.rmtree(path)
+        fs.rmtree(fs.join(pipeline.root, component_id, ".temp", str(e.id)))
+        component = by_id.get(component_id)
+        if component is not None:
+            params = {k: _json_value(v) for k, v in e.custom_properties.items()}
+            for path in component.staging_paths(params, e.id):
+                fs.rmtree(path)
+        md.finish_execution(
+            e.id, md.contexts_of(e.id), {}, state="FAILED",
+            properties={mdstore.ERROR: f"abandoned by a process that died ({who or 'owner not recorded'})"},
+        )
+        echo(f"  {component_id:<28} execution {e.id} was abandoned by a process that died: marked FAILED")
+        abandoned.append(e.id)
+    return abandoned
+
+
+def _json_value(value: Any) -> Any:
+    which = value.WhichOneof("value")
+    raw = getattr(value, which) if which else None
+    if isinstance(raw, str):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+    return raw
 
 
 # -- after the executor ---------------------------------------------------------------

@@ -79,6 +79,9 @@ class Component:
     USES_BEAM: ClassVar[bool] = False
     # Parameters that name user code files; their content is part of the cache key.
     CODE_PARAMS: ClassVar[tuple[str, ...]] = ()
+    # Parameters that name user code by import path ('package.module.function');
+    # the module's file is hashed like a module file.
+    IMPORT_PATH_PARAMS: ClassVar[tuple[str, ...]] = ()
     # "executor" nodes run EXECUTOR in a worker; "resolver" nodes are answered
     # from MLMD by the orchestrator (see conveyor.components.resolver).
     KIND: ClassVar[str] = "executor"
@@ -89,11 +92,20 @@ class Component:
         id: str | None = None,  # noqa: A002 - the name TFX users know
         enable_cache: bool = True,
         beam_pipeline_args: Sequence[str] | None = None,
+        retries: int = 0,
+        retry_backoff_seconds: float = 1.0,
         **kwargs: Any,
     ) -> None:
-        self.id = id or _snake(type(self).__name__)
+        self.id = _check_id(id or _snake(type(self).__name__), type(self).__name__)
         self.enable_cache = enable_cache
         self.beam_pipeline_args = list(beam_pipeline_args or [])
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise PipelineDefinitionError(f"{type(self).__name__}: retries must be an int >= 0, got {retries!r}.")
+        # Transient failures (anything but a ConveyorError: a lost connection,
+        # a worker that died) are retried this many times, waiting
+        # retry_backoff_seconds, then twice that, ...
+        self.retries = retries
+        self.retry_backoff_seconds = float(retry_backoff_seconds)
         self.inputs: dict[str, Channel] = {}
         param_values: dict[str, Any] = {}
         fields = {f.name: f for f in dataclasses.fields(self.Params)}
@@ -131,14 +143,33 @@ class Component:
         parameters (a resolver of any type) overrides this."""
         return dict(self.OUTPUTS)
 
+    @classmethod
+    def type_name(cls) -> str:
+        """The component's type, as MLMD records it and the cache key holds it."""
+        return f"{cls.__module__}.{cls.__qualname__}"
+
     def code_files(self) -> list[str]:
-        """The user code files this component loads (their content is cached)."""
+        """The user code files this component loads (their content is cached):
+        its module files, and the files of the modules its import paths name."""
         files = []
         for name in self.CODE_PARAMS:
             value = getattr(self.params, name, None)
             if value and isinstance(value, str) and value.endswith(".py"):
                 files.append(fs.abspath(value))
+        for name in self.IMPORT_PATH_PARAMS:
+            value = getattr(self.params, name, None)
+            if value and isinstance(value, str):
+                found = _module_file(value.rpartition(".")[0])
+                if found:
+                    files.append(found)
         return files
+
+    def staging_paths(self, params: dict[str, Any], execution_id: int) -> list[str]:
+        """Paths outside its output URIs where an execution of this component
+        (with these parameters, as JSON) keeps partial work, removed when the
+        execution is found abandoned by a process that died."""
+        del params, execution_id
+        return []
 
     def external_fingerprints(self) -> dict[str, str]:
         """Fingerprints of data the component reads from outside the pipeline
@@ -158,7 +189,7 @@ class Component:
             )
 
     def with_id(self, id: str) -> Component:  # noqa: A002
-        self.id = id
+        self.id = _check_id(id, type(self).__name__)
         return self
 
     def _where(self) -> str:
@@ -217,6 +248,34 @@ class Component:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id!r})"
+
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _check_id(component_id: Any, kind: str) -> str:
+    """A component id names folders under the pipeline root: letters,
+    digits, '_', '.', '-', not starting with '.' (no '..', no '/')."""
+    if not isinstance(component_id, str) or not _ID.fullmatch(component_id) or ".." in component_id:
+        raise PipelineDefinitionError(
+            f"{kind} id {component_id!r} is not allowed: an id names the component's folder under the "
+            f"pipeline root, so it must be letters, digits, '_', '.' or '-', starting with a letter or "
+            f"digit, without '..' or '/' (e.g. 'trainer_2')."
+        )
+    return component_id
+
+
+def _module_file(module_name: str) -> str | None:
+    """The source file of an importable module, found without running it
+    (its parent packages are imported), or None."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(spec, "origin", None) if spec else None
+    return origin if origin and origin.endswith(".py") else None
 
 
 def _type_name(tp: Any) -> str:
@@ -403,7 +462,13 @@ class Pipeline:
         listed = {id(c) for c in components}
         for c in components:
             for key, channel in c.inputs.items():
-                if channel.producer is not None and id(channel.producer) not in listed:
+                if channel.producer is None:
+                    raise PipelineDefinitionError(
+                        f"{c._where()} input {key!r} is a {channel!r} that no component produces, so it "
+                        f"would be empty at run time. Pass an output of a component in the pipeline, e.g. "
+                        f"<component>.outputs[...], or an Importer's or resolver's output."
+                    )
+                if id(channel.producer) not in listed:
                     raise PipelineDefinitionError(
                         f"{c._where()} input {key!r} comes from {channel.producer.id!r}, "
                         f"which is not in pipeline {name!r}'s components. Add it to the list."

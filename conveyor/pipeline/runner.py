@@ -25,7 +25,7 @@ from typing import Any
 from conveyor import fs
 from conveyor.artifacts import Artifact
 from conveyor.errors import RunFailedError
-from conveyor.launch import Invocation, InvocationResult, describe_error, execute
+from conveyor.launch import Invocation, InvocationResult, describe_error, execute, failure
 from conveyor.metadata import store as mdstore
 from conveyor.metadata.store import Metadata
 from conveyor.pipeline import driver
@@ -73,6 +73,12 @@ class LocalRunner:
     `launcher="thread"` (the default) runs each node's executor in a thread
     of this process; `"process"` runs it in a child process through
     `python -m conveyor.launch`, the contract any orchestrator can use.
+    `run_from` names a node that runs again, with everything downstream of
+    it, whatever the cache holds.
+
+    A run first finds the pipeline's executions left RUNNING by a process
+    that died (kill -9, a crash) and marks them FAILED, removing their
+    partial outputs; then the nodes they belonged to run again.
     """
 
     LAUNCHERS = ("thread", "process")
@@ -85,10 +91,13 @@ class LocalRunner:
         beam_pipeline_args: list[str] | None = None,
         echo: Callable[[str], None] | None = None,
         launcher: str = "thread",
+        run_from: str | None = None,
     ) -> None:
         if launcher not in self.LAUNCHERS:
             raise ValueError(f"LocalRunner launcher {launcher!r} is not one of {list(self.LAUNCHERS)}")
         self.launcher = launcher
+        self.run_from = run_from
+        self._owner = driver.owner()
         self.max_workers = max_workers
         self.enable_cache = enable_cache
         self.beam_pipeline_args = list(beam_pipeline_args or [])
@@ -103,6 +112,8 @@ class LocalRunner:
         run_ctx = md.context("pipeline_run", run_id, pipeline_name=pipeline.name)
         self.echo(f"pipeline {pipeline.name}: run {run_id} ({len(pipeline.components)} components)")
         self.echo(f"  root {pipeline.root}, metadata {pipeline.metadata}")
+        driver.reconcile(md, pipeline, pipeline_ctx, self.echo)
+        forced = _downstream(pipeline, self.run_from) if self.run_from else set()
 
         results: dict[str, NodeResult] = {}
         produced: dict[tuple[str, str], list[Artifact]] = {}
@@ -118,7 +129,8 @@ class LocalRunner:
                 progressed = False
                 for component in [c for c in pending if failed is None and self._ready(c, results)]:
                     pending.remove(component)
-                    started = self._start(md, pipeline, component, pipeline_ctx, run_ctx, produced, pool)
+                    started = self._start(md, pipeline, component, pipeline_ctx, run_ctx, produced, pool,
+                                          forced=component.id in forced)
                     if isinstance(started, NodeResult):
                         progressed = True
                         results[component.id] = started
@@ -193,6 +205,7 @@ class LocalRunner:
         run_ctx: Any,
         produced: dict,
         pool: futures.ThreadPoolExecutor,
+        forced: bool = False,
     ) -> NodeResult | tuple:
         t0 = time.monotonic()
         node_ctx = md.context("node", f"{pipeline.name}.{component.id}", pipeline_name=pipeline.name)
@@ -203,6 +216,7 @@ class LocalRunner:
         }
         params = to_jsonable(component.params)
         properties = driver.execution_properties(component, params)
+        properties[mdstore.OWNER] = self._owner
         type_name = driver.component_type_name(component)
 
         if component.KIND == "resolver":
@@ -220,7 +234,8 @@ class LocalRunner:
         key, parts = driver.cache_key(component, inputs, params)
         properties[mdstore.CACHE_KEY] = key
         properties[mdstore.CACHE_KEY_PARTS] = json.dumps(parts, sort_keys=True) if parts else None
-        use_cache = self.enable_cache and pipeline.enable_cache and component.enable_cache and key
+        use_cache = (self.enable_cache and pipeline.enable_cache and component.enable_cache and key
+                     and not forced)
         previous = driver.previous_executions(md, node_ctx.id)
         if use_cache:
             hit = driver.cache_hit(md, previous, key)
@@ -230,6 +245,8 @@ class LocalRunner:
                 self.echo(f"  {component.id:<28} CACHED")
                 return NodeResult(component.id, "CACHED", execution_id, time.monotonic() - t0, hit)
         reason = driver.rerun_reason(previous, key, parts)
+        if forced and previous:
+            reason = [f"re-run from {self.run_from!r} requested"]
         if reason:
             properties[mdstore.RERUN_REASON] = "; ".join(reason)
 
@@ -250,7 +267,7 @@ class LocalRunner:
         )
         why = f" (re-run: {'; '.join(reason)})" if reason else ""
         self.echo(f"  {component.id:<28} running{why}")
-        fut = pool.submit(self._launch, invocation, type(component))
+        fut = pool.submit(self._launch_with_retries, invocation, type(component), component, outputs)
         result = NodeResult(component.id, "RUNNING", execution_id, rerun_reason=reason)
         return fut, component, execution_id, {"outputs": outputs, "result": result}, contexts, t0
 
@@ -262,12 +279,36 @@ class LocalRunner:
         try:
             return execute(invocation, cls)
         except Exception as e:  # noqa: BLE001 - the result carries every failure
-            return InvocationResult(error=describe_error(invocation.component_id, e))
+            return failure(invocation.component_id, e)
+
+    def _launch_with_retries(self, invocation: Invocation, cls: type, component: Component,
+                             outputs: dict[str, list[Artifact]]) -> tuple[InvocationResult, list[str]]:
+        """Launch, and launch again after a transient failure, as many times
+        as the component's `retries` allow (waiting longer each time); the
+        result and the errors of the attempts that failed."""
+        errors: list[str] = []
+        for attempt in range(component.retries + 1):
+            result = self._launch(invocation, cls)
+            if result.succeeded or not result.transient or attempt == component.retries:
+                return result, errors
+            errors.append(result.error)
+            wait = component.retry_backoff_seconds * 2 ** attempt
+            self.echo(f"  {component.id:<28} attempt {attempt + 1} failed ({result.error.splitlines()[0]}); "
+                      f"retrying in {wait:.1f}s")
+            driver.remove_outputs(outputs)
+            for arts in outputs.values():
+                fs.makedirs(arts[0].uri)
+            time.sleep(wait)
+        raise AssertionError("unreachable")
 
     def _finish(
         self, md: Metadata, component: Component, execution_id: int, io: dict, contexts: list, t0: float, fut: Any
     ) -> NodeResult:
-        launched: InvocationResult = fut.result()
+        launched, retried = fut.result()
+        if retried:
+            md.set_execution_properties(execution_id, {
+                mdstore.ATTEMPTS: len(retried) + 1, mdstore.RETRIED_ERRORS: json.dumps(retried),
+            })
         if not launched.succeeded:
             driver.remove_outputs(io["outputs"])
             return self._failed(md, component, execution_id, contexts, t0, launched.error)
@@ -299,12 +340,23 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
+def _downstream(pipeline: Pipeline, node_id: str) -> set[str]:
+    """A node and every node that depends on it."""
+    pipeline.component(node_id)  # a KeyError naming the closest id when there is none
+    found = {node_id}
+    for c in pipeline.components:  # in dependency order
+        if any(u.id in found for u in c.upstream()):
+            found.add(c.id)
+    return found
+
+
 def _launch_in_child(invocation: Invocation) -> InvocationResult:
     """`python -m conveyor.launch` on the invocation, in a child process."""
     with tempfile.TemporaryDirectory(prefix="conveyor-launch-") as scratch:
         request = os.path.join(scratch, "invocation.json")
         answer = os.path.join(scratch, "result.json")
-        with open(request, "w", encoding="utf-8") as f:
+        # The invocation holds the real parameters (secrets too): only we may read it.
+        with open(os.open(request, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as f:
             f.write(invocation.to_json())
         proc = subprocess.run(
             [sys.executable, "-m", "conveyor.launch", request, "--result", answer],
