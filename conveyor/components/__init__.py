@@ -23,6 +23,7 @@ _EXPORTS = {
     "Resolver": "resolver",
     "LatestBlessedModel": "resolver",
     "LatestArtifact": "resolver",
+    "PreviousSpan": "resolver",
     "Importer": "resolver",
     "component": "function",
     "InputArtifact": "function",

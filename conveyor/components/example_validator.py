@@ -26,6 +26,11 @@ class ExampleValidatorParams:
     # `default_environment`, e.g. "SERVING"): features `not_in_environment`
     # it are not expected. None checks every feature, as TFX does.
     environment: str | None = None
+    # With `serving_statistics`: the splits of `statistics` compared with the
+    # serving data for skew, and the serving statistics' split to compare
+    # them with ("" when it has a single split).
+    skew_splits: list[str] = dataclasses.field(default_factory=lambda: ["train"])
+    serving_split: str = ""
 
 
 class ExampleValidator(Component):
@@ -35,9 +40,22 @@ class ExampleValidator(Component):
     (a binary Anomalies proto) like TFX, and the custom properties
     `anomalies_found` (how many anomalous features over all splits) and
     `anomalies_by_split` (JSON: split -> count). With `fail_on_anomalies`,
-    anomalies fail the run instead, and the error lists them."""
+    anomalies fail the run instead, and the error lists them.
 
-    INPUTS = {"statistics": Input(ExampleStatistics), "schema": Input(Schema)}
+    Drift and skew, for the features whose schema entry has a
+    `drift_comparator` / `skew_comparator` (`conveyor.schema.set_drift_comparator`):
+    `previous_statistics` (the previous span's, e.g. from a `PreviousSpan`
+    resolver) is compared split by split with `statistics`;
+    `serving_statistics` (StatisticsGen over serving data) with the
+    `skew_splits` of `statistics`. Each feature over its threshold is an
+    anomaly of its split."""
+
+    INPUTS = {
+        "statistics": Input(ExampleStatistics),
+        "schema": Input(Schema),
+        "previous_statistics": Input(ExampleStatistics, optional=True),
+        "serving_statistics": Input(ExampleStatistics, optional=True),
+    }
     OUTPUTS = {"anomalies": ExampleAnomalies}
     Params = ExampleValidatorParams
     EXECUTOR = "conveyor.components.example_validator:run"
@@ -57,6 +75,23 @@ def describe_anomalies(anomalies: Any, max_chars: int | None = 240) -> list[str]
 def _describe(info: Any) -> str:
     short = info.short_description or "; ".join(r.short_description for r in info.reason) or "anomaly"
     return f"{short} ({info.description})" if info.description and info.description != short else short
+
+
+def _serving_split(serving: Artifact, params: ExampleValidatorParams, ctx: ExecutionContext) -> str:
+    names = list(serving.splits)  # type: ignore[attr-defined]
+    if params.serving_split:
+        if params.serving_split not in names:
+            raise ctx.error(
+                f"serving_split {params.serving_split!r} is not a split of the serving statistics "
+                f"{serving.uri} (it has {names}). Fix serving_split."
+            )
+        return params.serving_split
+    if len(names) != 1:
+        raise ctx.error(
+            f"the serving statistics {serving.uri} have splits {names}; set serving_split= to the one to "
+            f"compare with the training data."
+        )
+    return names[0]
 
 
 def _count(anomalies: Any) -> int:
@@ -99,14 +134,31 @@ def run(
                 f"Declare it with conveyor.schema.set_environments, or pass environment=None."
             )
 
+    def load(artifact: Artifact, split: str, what: str) -> Any:
+        try:
+            return schema_lib.load_statistics(fs.join(split_uri(artifact, split), STATS_FILE_NAME))
+        except schema_lib.SchemaError as e:
+            raise ctx.error(f"{what}: {e}") from e
+
+    previous = (inputs.get("previous_statistics") or [None])[0]
+    serving = (inputs.get("serving_statistics") or [None])[0]
+    serving_split = _serving_split(serving, params, ctx) if serving is not None else None
+    if serving is not None:
+        missing = [s for s in params.skew_splits if s not in splits]
+        if missing:
+            raise ctx.error(
+                f"skew_splits {missing} are not among the validated splits {splits} of {stats_artifact.uri}. "
+                f"Fix skew_splits."
+            )
     results = {}
     for split in splits:
-        path = fs.join(split_uri(stats_artifact, split), STATS_FILE_NAME)
-        try:
-            stats = schema_lib.load_statistics(path)
-        except schema_lib.SchemaError as e:
-            raise ctx.error(str(e)) from e
-        results[split] = tfdv.validate_statistics(stats, schema, environment=params.environment)
+        stats = load(stats_artifact, split, "input `statistics`")
+        extra: dict[str, Any] = {}
+        if previous is not None and split in previous.splits:
+            extra["previous_statistics"] = load(previous, split, "input `previous_statistics`")
+        if serving is not None and split in params.skew_splits:
+            extra["serving_statistics"] = load(serving, serving_split, "input `serving_statistics`")
+        results[split] = tfdv.validate_statistics(stats, schema, environment=params.environment, **extra)
 
     counts = {split: _count(a) for split, a in results.items()}
     if params.fail_on_anomalies and any(counts.values()):

@@ -14,7 +14,7 @@ from conveyor.errors import ExecutorError, PipelineDefinitionError, closest
 from conveyor.pipeline.dsl import Component, Input
 from conveyor.secrets import redact
 
-__all__ = ["Resolver", "LatestBlessedModel", "LatestArtifact", "Importer"]
+__all__ = ["Resolver", "LatestBlessedModel", "LatestArtifact", "PreviousSpan", "Importer"]
 
 
 class Resolver(Component):
@@ -92,6 +92,38 @@ class LatestArtifact(Resolver):
             candidates = [a for a in candidates if a.id in in_node]
         candidates = [a for a in candidates if fs.exists(a.uri)]
         newest = max(candidates, key=lambda a: a.id or 0, default=None)
+        return {"artifact": [newest] if newest else []}
+
+
+class PreviousSpan(Resolver):
+    """The artifact of the span before `current`'s: the newest LIVE artifact
+    of the same type, from the same node, with a smaller `span` (e.g. the
+    previous span's statistics, for ExampleValidator's drift check); empty
+    for the first span.
+
+        previous = PreviousSpan(current=statistics_gen.outputs["statistics"])
+        ExampleValidator(..., previous_statistics=previous.outputs["artifact"])
+    """
+
+    INPUTS = {"current": Input(Artifact)}
+
+    def output_types(self) -> dict[str, type[Artifact]]:
+        return {"artifact": self.inputs["current"].type}
+
+    def resolve(self, md: Any, inputs: dict[str, list[Artifact]], pipeline_context: Any) -> dict[str, list[Artifact]]:
+        current = inputs.get("current") or []
+        channel = self.inputs["current"]
+        if not current or channel.producer is None:
+            return {"artifact": []}
+        span = int(current[0].get("span", 0) or 0)
+        node = md.find_context("node", f"{pipeline_context.name}.{channel.producer.id}")
+        if node is None:
+            return {"artifact": []}
+        earlier = [
+            a for a in md.artifacts_of_type(channel.type, node.id)
+            if int(a.get("span", 0) or 0) < span and fs.exists(a.uri)
+        ]
+        newest = max(earlier, key=lambda a: (int(a.get("span", 0) or 0), a.id or 0), default=None)
         return {"artifact": [newest] if newest else []}
 
 

@@ -41,6 +41,8 @@ __all__ = [
     "feature",
     "set_environments",
     "set_domain",
+    "set_drift_comparator",
+    "set_skew_comparator",
     "set_required",
     "diff",
     "show",
@@ -254,6 +256,44 @@ def set_environments(
         del f.in_environment[:]
         f.not_in_environment.extend(env for env in environments if f.name in set(not_in.get(env, ())))
     return schema
+
+
+def set_drift_comparator(
+    schema: schema_pb2.Schema, name: str, *, infinity_norm: float | None = None,
+    jensen_shannon_divergence: float | None = None,
+) -> schema_pb2.Schema:
+    """Flag drift of feature `name` between consecutive spans (TFX's
+    `drift_comparator`): an anomaly when the L-infinity distance of its
+    value distribution (categorical features) or the Jensen-Shannon
+    divergence of its histogram (numeric ones) exceeds the threshold.
+    ExampleValidator checks it given the previous span's statistics."""
+    _set_comparator(feature(schema, name).drift_comparator, "drift", infinity_norm, jensen_shannon_divergence)
+    return schema
+
+
+def set_skew_comparator(
+    schema: schema_pb2.Schema, name: str, *, infinity_norm: float | None = None,
+    jensen_shannon_divergence: float | None = None,
+) -> schema_pb2.Schema:
+    """Flag skew of feature `name` between training and serving data (TFX's
+    `skew_comparator`), measured as for `set_drift_comparator`.
+    ExampleValidator checks it given serving statistics."""
+    _set_comparator(feature(schema, name).skew_comparator, "skew", infinity_norm, jensen_shannon_divergence)
+    return schema
+
+
+def _set_comparator(comparator: Any, kind: str, infinity_norm: float | None, jsd: float | None) -> None:
+    if infinity_norm is None and jsd is None:
+        raise SchemaError(f"set_{kind}_comparator needs infinity_norm= and/or jensen_shannon_divergence=, "
+                          f"thresholds between 0 and 1.")
+    for label, value in (("infinity_norm", infinity_norm), ("jensen_shannon_divergence", jsd)):
+        if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
+            raise SchemaError(f"{kind} comparator {label} must be a number between 0 and 1, got {value!r}.")
+    comparator.Clear()
+    if infinity_norm is not None:
+        comparator.infinity_norm.threshold = float(infinity_norm)
+    if jsd is not None:
+        comparator.jensen_shannon_divergence.threshold = float(jsd)
 
 
 def set_domain(
