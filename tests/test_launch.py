@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conveyor import LocalRunner, Pipeline, fs
+from conveyor import LocalRunner, Pipeline, PipelineDefinitionError, fs
 from conveyor.artifacts import ExampleStatistics, Schema
 from conveyor.components import (
     CsvExampleGen,
@@ -256,11 +256,7 @@ def test_remote_workers(args, remote):
     assert (driver.remote_workers(args) is not None) == remote
 
 
-def test_code_that_cannot_reach_remote_workers_is_refused_before_any_job(tmp_path):
-    from ml_metadata.proto import metadata_store_pb2 as pb
-
-    from conveyor.metadata.store import Metadata
-
+def test_code_that_cannot_reach_remote_workers_is_refused_before_any_node(tmp_path):
     examples = Importer(
         source_uri=os.path.join(TESTDATA, "taxi", "example_gen", "examples"), artifact_type="Examples",
         properties={"split_names": '["train", "eval"]'}, custom_properties={"file_format": "parquet"},
@@ -272,15 +268,28 @@ def test_code_that_cannot_reach_remote_workers_is_refused_before_any_job(tmp_pat
     pipeline = Pipeline("remote", str(tmp_path / "root"), [examples, schema, transform],
                         beam_pipeline_args=["--runner=DataflowRunner", "--project=p", "--region=r"])
     lines: list[str] = []
-    result = LocalRunner(echo=lines.append).run(pipeline, raise_on_failure=False)
-    node = result.nodes["transform"]
-    assert node.state == "FAILED"
-    assert "taxi_utils.py cannot reach the Beam workers" in node.error
-    assert "s3://" in node.error and "gs://" in node.error
-    assert node.seconds < 5  # refused up front: no Beam graph was built, no job submitted
-    [e] = Metadata(result.metadata_path).store.get_executions_by_id([node.execution_id])
-    assert e.last_known_state == pb.Execution.FAILED
-    assert not os.path.exists(os.path.join(str(tmp_path / "root"), "transform", "transform_graph"))
+    with pytest.raises(PipelineDefinitionError, match=r"module file .*taxi_utils\.py cannot reach the Beam workers"
+                       ) as raised:
+        LocalRunner(echo=lines.append).run(pipeline)
+    assert "s3://" in str(raised.value) and "gs://" in str(raised.value)
+    assert lines == [] and not os.path.exists(tmp_path / "root")  # nothing ran, nothing was recorded
+    # A Beam node without user code is refused too: its workers could not write a local root.
+    stats = StatisticsGen(examples=examples.outputs["result"])
+    with pytest.raises(PipelineDefinitionError, match="cannot read or write the pipeline's artifacts"):
+        LocalRunner(echo=lines.append).run(Pipeline("remote2", str(tmp_path / "root2"), [examples, stats],
+                                                    beam_pipeline_args=["--runner=DataflowRunner"]))
+    # The same pipeline on a portable runner on this machine is fine (workers share the disk).
+    local = ["--runner=PortableRunner", "--job_endpoint=localhost:8099", "--environment_type=EXTERNAL",
+             "--environment_config=localhost:50000"]
+    driver.check_code_reaches_workers([transform], str(tmp_path / "root"), lambda c: local)
+
+
+def test_portable_runners_get_a_long_job_server_timeout():
+    args = driver.beam_args_for("/root", {}, ["--runner=PortableRunner", "--job_endpoint=localhost:1"])
+    assert "--job_server_timeout=86400" in args
+    mine = driver.beam_args_for("/root", {}, ["--runner=FlinkRunner"], ["--job_server_timeout=5"])
+    assert mine.count("--job_server_timeout=5") == 1 and "--job_server_timeout=86400" not in mine
+    assert not any("job_server_timeout" in a for a in driver.beam_args_for("/root", {}, []))
 
 
 def test_user_code_is_staged_under_a_remote_root_by_content(s3_env, tmp_path):

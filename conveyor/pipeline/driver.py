@@ -28,12 +28,12 @@ from urllib.parse import urlparse
 from conveyor import fs
 from conveyor.artifacts import Artifact
 from conveyor.components.base import fingerprint_files, user_code_files
-from conveyor.errors import ExecutorError
+from conveyor.errors import PipelineDefinitionError
 from conveyor.launch import Invocation, InvocationResult, artifacts_to_json
 from conveyor.metadata import store as mdstore
 from conveyor.metadata.store import Metadata
 from conveyor.pipeline import cache
-from conveyor.pipeline.dsl import Component
+from conveyor.pipeline.dsl import Component, to_jsonable
 from conveyor.secrets import redact
 
 __all__ = [
@@ -200,23 +200,35 @@ def remote_workers(beam_args: Sequence[str]) -> str | None:
     return None
 
 
-def check_code_reaches_workers(component: Component, params: dict[str, Any], root: str,
-                               beam_args: Sequence[str]) -> None:
-    """Raise, before any Beam job starts, when the node's Beam workers would
-    need its user code but run where this machine's files are not, and the
-    pipeline root (where code is staged) is local too."""
-    if not component.USES_BEAM or fs.is_remote(root):
+def check_code_reaches_workers(components: Sequence[Component], root: str,
+                               beam_args_of: Callable[[Component], Sequence[str]]) -> None:
+    """Raise, before any node runs, when a Beam node's workers would run where
+    this machine's files are not while the pipeline root is local: they
+    could neither load the user code staged there nor read and write the
+    artifacts. `beam_args_of(component)` gives a node's Beam flags."""
+    if fs.is_remote(root):
         return
-    files = [params[name] for name in component.CODE_PARAMS if isinstance(params.get(name), str)]
-    files = [f for f in files if f.endswith(".py")]
-    why = remote_workers(beam_args)
-    if not files or why is None:
+    remote: list[tuple[Component, str]] = []
+    for component in components:
+        why = remote_workers(beam_args_of(component)) if component.USES_BEAM else None
+        if why is not None:
+            remote.append((component, why))
+    if not remote:
         return
-    raise ExecutorError(
-        f"{component.id}: its module file {files[0]} cannot reach the Beam workers: {why}, and the "
-        f"pipeline root {root} is on this machine's disk, where Conveyor would stage the code. Put the "
-        f"pipeline root on storage the workers read (s3://... or gs://...): Conveyor then copies the "
-        f"module file and its local imports there and the workers load them from it."
+    code = []
+    for component, _ in remote:
+        params = to_jsonable(component.params)
+        code += [(component.id, params[n]) for n in component.CODE_PARAMS
+                 if isinstance(params.get(n), str) and params[n].endswith(".py")]
+    first, why = remote[0]
+    what = (
+        "; ".join(f"{node}: its module file {path} cannot reach the Beam workers" for node, path in code)
+        if code else f"{first.id}: its Beam workers cannot read or write the pipeline's artifacts"
+    )
+    raise PipelineDefinitionError(
+        f"{what}: {why}, and the pipeline root {root} is on this machine's disk. Put the pipeline root on "
+        f"storage the workers read (s3://... or gs://...): Conveyor keeps the artifacts there, copies module "
+        f"files and their local imports there, and the workers load them from it. Nothing was run."
     )
 
 
@@ -265,6 +277,11 @@ def beam_args_for(root: str, params: dict[str, Any], *arg_lists: Sequence[str]) 
     args = fs.beam_args([root, *_strings(params)])
     for more in arg_lists:
         args += list(more)
+    runner = (_flag(args, "runner") or "").lower()
+    if runner in ("portablerunner", "flinkrunner", "sparkrunner") and _flag(args, "job_server_timeout") is None:
+        # Beam's portable client waits for a job's state at most this long
+        # (60 s by default) and then gives up on a job that still runs.
+        args.insert(0, "--job_server_timeout=86400")
     return args
 
 

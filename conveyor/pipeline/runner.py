@@ -106,6 +106,8 @@ class LocalRunner:
     def run(self, pipeline: Pipeline, *, run_id: str | None = None, raise_on_failure: bool = True) -> RunResult:
         start = time.monotonic()
         run_id = run_id or datetime.datetime.now().strftime("%Y%m%dT%H%M%S.%f")
+        driver.check_code_reaches_workers(pipeline.components, pipeline.root,
+                                          lambda c: self._beam_args(pipeline, c))
         fs.makedirs(pipeline.root)
         md = Metadata(pipeline.metadata)
         pipeline_ctx = md.context("pipeline", pipeline.name)
@@ -251,12 +253,8 @@ class LocalRunner:
             properties[mdstore.RERUN_REASON] = "; ".join(reason)
 
         execution_id = md.start_execution(type_name, contexts, inputs, properties)
-        beam_args = driver.beam_args_for(
-            pipeline.root, params, pipeline.beam_pipeline_args, self.beam_pipeline_args,
-            component.beam_pipeline_args,
-        )
+        beam_args = self._beam_args(pipeline, component)
         try:
-            driver.check_code_reaches_workers(component, params, pipeline.root, beam_args)
             outputs = driver.output_artifacts(pipeline.root, component, execution_id)
             staged = driver.stage_user_code(component, params, pipeline.root)
         except Exception as e:  # noqa: BLE001 - recorded as FAILED, then raised by run()
@@ -280,6 +278,12 @@ class LocalRunner:
             return execute(invocation, cls)
         except Exception as e:  # noqa: BLE001 - the result carries every failure
             return failure(invocation.component_id, e)
+
+    def _beam_args(self, pipeline: Pipeline, component: Component) -> list[str]:
+        return driver.beam_args_for(
+            pipeline.root, to_jsonable(component.params), pipeline.beam_pipeline_args, self.beam_pipeline_args,
+            component.beam_pipeline_args,
+        )
 
     def _launch_with_retries(self, invocation: Invocation, cls: type, component: Component,
                              outputs: dict[str, list[Artifact]]) -> tuple[InvocationResult, list[str]]:
