@@ -9,16 +9,24 @@ memory is the work's own, not the benchmark driver's.
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["REPO", "SOURCE_CSV", "taxi_csv", "TreeSampler", "run_sampled", "mb"]
+__all__ = [
+    "REPO", "SOURCE_CSV", "BENCH_DIR", "taxi_csv", "TreeSampler", "run_sampled", "Measured", "measure",
+    "mb", "gb", "load_average",
+]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE_CSV = os.path.join(REPO, "examples", "taxi", "data", "data.csv")
+# Generated CSVs, pipeline roots and the TFX peer venv live here, outside the repo.
+BENCH_DIR = os.environ.get("CONVEYOR_BENCH_DIR") or os.path.join(tempfile.gettempdir(), "conveyor-bench")
 # Bump when the generator changes, so cached files are not reused.
 _GENERATOR_VERSION = 1
 _CHUNK_ROWS = 250_000
@@ -31,6 +39,15 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 
 def mb(kilobytes: float) -> str:
     return f"{kilobytes / 1024:,.0f} MB"
+
+
+def gb(kilobytes: float) -> str:
+    return f"{kilobytes / 1024 / 1024:,.2f} GB"
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, e.g. '1.93 1.40 0.90'."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def taxi_csv(rows: int, data_dir: str, seed: int = 0, echo: Callable[[str], None] = print) -> str:
@@ -247,12 +264,17 @@ def run_sampled(
     on_line: Callable[[str, TreeSampler], None],
     stderr_path: str,
     interval: float = 0.2,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
 ) -> tuple[int, TreeSampler, float]:
     """Run `cmd`, feeding each stdout line to `on_line` while sampling its
     memory; return (exit code, sampler, wall seconds)."""
     t0 = time.monotonic()
     with open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1)
+        proc = subprocess.Popen(
+            list(cmd), stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1,
+            env=None if env is None else dict(env), cwd=cwd,
+        )
         sampler = TreeSampler(proc.pid, interval)
         sampler.start()
         assert proc.stdout is not None
@@ -262,3 +284,54 @@ def run_sampled(
     # The last sample before exit is what the thread saw; VmHWM covers the rest.
     sampler.stop()
     return code, sampler, time.monotonic() - t0
+
+
+@dataclass
+class Measured:
+    """One process run as a user sees it: wall time from start to exit, the
+    peak RSS summed over its process tree (sampled) and of its largest single
+    process (exact), and the CPU time of the whole tree."""
+
+    code: int
+    wall_s: float
+    peak_tree_kb: int
+    peak_process_kb: int
+    cpu_s: float
+    processes: int
+    load_before: str
+    load_after: str
+    stdout: list[str] = field(default_factory=list)
+    sampler: TreeSampler | None = None
+
+
+def measure(
+    cmd: Sequence[str],
+    *,
+    stderr_path: str,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    on_line: Callable[[str, TreeSampler], None] | None = None,
+) -> Measured:
+    """Run `cmd` to its exit, sampling its process tree; keep its stdout lines.
+    The CPU time is exact: the rusage of the child and every descendant it
+    waited for (Beam's worker processes are), not a sum of samples."""
+    lines: list[str] = []
+
+    def collect(line: str, sampler: TreeSampler) -> None:
+        lines.append(line)
+        if on_line is not None:
+            on_line(line, sampler)
+
+    load_before = load_average()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    code, sampler, wall = run_sampled(cmd, on_line=collect, stderr_path=stderr_path, env=env, cwd=cwd)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    # ru_maxrss of the children covers the moments after the last sample (the
+    # largest child process overall, so it can only raise the single-process peak).
+    peak_process = max(sampler.peak_process_kb, after.ru_maxrss if after.ru_maxrss > before.ru_maxrss else 0)
+    return Measured(
+        code=code, wall_s=wall, peak_tree_kb=max(sampler.peak_tree_kb, peak_process),
+        peak_process_kb=peak_process, cpu_s=cpu, processes=sampler.processes,
+        load_before=load_before, load_after=load_average(), stdout=lines, sampler=sampler,
+    )
