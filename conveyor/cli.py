@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import runpy
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
@@ -72,11 +73,22 @@ def _run(args: argparse.Namespace) -> int:
         except KeyError as e:
             print(f"error: --from: {e.args[0]}", file=sys.stderr)
             return 2
-    result = runner.run(pipeline, raise_on_failure=False)
+    # SIGTERM stops a run as Ctrl-C does: running work is stopped and
+    # recorded CANCELED. Set here, for the command, not on import.
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        result = runner.run(pipeline, raise_on_failure=False)
+    except KeyboardInterrupt:
+        print("run stopped", file=sys.stderr)
+        return 130
     failed = [n for n in result.nodes.values() if n.state == "FAILED"]
     for n in failed:
         print(f"\nFAILED {n.component_id} (execution {n.execution_id}):\n{n.error}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _compile(args: argparse.Namespace) -> int:

@@ -269,3 +269,31 @@ def test_secrets_never_reach_mlmd_the_ir_or_the_logs(tmp_path):
                         ("re-run reason", "\n".join(reason))):
         assert SECRET not in text, where
     assert "***" in ir
+
+
+def test_sigterm_stops_a_running_launcher_process_and_cancels_it(tmp_path):
+    (tmp_path / "pipeline.py").write_text(PIPELINE)
+    proc = _conveyor("run", "pipeline.py", "--launcher", "process", cwd=tmp_path)
+    _wait_for(tmp_path / "started", proc, timeout=300)
+    worker = int((tmp_path / "started").read_text())
+    assert worker != proc.pid  # the node runs in a child process
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert time.monotonic() - t0 < 15, out
+    assert proc.returncode == 130, out
+    assert "CANCELED" in out
+    # The executor's process is gone: it never finishes the model.
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{worker}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{worker}")
+    (tmp_path / "go").write_text("")
+    time.sleep(1)
+    md = Metadata(str(tmp_path / "root" / "metadata.sqlite"))
+    [slow] = [e for e in md.store.get_executions()
+              if e.custom_properties[mdstore.COMPONENT_ID].string_value == "slow"]
+    assert slow.last_known_state == pb.Execution.CANCELED
+    assert "signal" in slow.custom_properties[mdstore.ERROR].string_value
+    assert not (tmp_path / "root" / "slow" / "model" / str(slow.id)).exists()
+    assert not [e for e in md.store.get_executions() if e.last_known_state == pb.Execution.RUNNING]

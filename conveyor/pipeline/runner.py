@@ -15,9 +15,11 @@ import dataclasses
 import datetime
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -98,6 +100,7 @@ class LocalRunner:
         self.launcher = launcher
         self.run_from = run_from
         self._owner = driver.owner()
+        self._children = _Children()
         self.max_workers = max_workers
         self.enable_cache = enable_cache
         self.beam_pipeline_args = list(beam_pipeline_args or [])
@@ -154,8 +157,10 @@ class LocalRunner:
                     if result.state == "FAILED" and failed is None:
                         failed = result
         except BaseException as e:
-            # Interrupted (Ctrl-C) or broken: no execution is left RUNNING in MLMD,
-            # and nothing half-written stays on disk.
+            # Interrupted (Ctrl-C, SIGTERM) or broken: launcher processes stop
+            # (threads cannot be stopped), no execution is left RUNNING in
+            # MLMD, and nothing half-written stays on disk.
+            self._children.stop_all()
             by_id = {c.id: c for c in pipeline.components}
             for execution in md.executions(run_ctx.id):
                 if execution.last_known_state != mdstore._pb().Execution.RUNNING:
@@ -163,6 +168,8 @@ class LocalRunner:
                 component = by_id[execution.custom_properties[mdstore.COMPONENT_ID].string_value]
                 for key in component.outputs:
                     fs.rmtree(fs.join(pipeline.root, component.id, key, str(execution.id)))
+                for path in component.staging_paths(to_jsonable(component.params), execution.id):
+                    fs.rmtree(path)
                 md.finish_execution(
                     execution.id, [pipeline_ctx, run_ctx], {}, state="CANCELED",
                     properties={mdstore.ERROR: f"run stopped: {type(e).__name__}: {e}"},
@@ -273,7 +280,7 @@ class LocalRunner:
         """Run one node's invocation (in a worker thread): in this process,
         or in a child process through `python -m conveyor.launch`."""
         if self.launcher == "process":
-            return _launch_in_child(invocation)
+            return _launch_in_child(invocation, self._children)
         try:
             return execute(invocation, cls)
         except Exception as e:  # noqa: BLE001 - the result carries every failure
@@ -354,7 +361,65 @@ def _downstream(pipeline: Pipeline, node_id: str) -> set[str]:
     return found
 
 
-def _launch_in_child(invocation: Invocation) -> InvocationResult:
+class _Children:
+    """The launcher processes running now, each the leader of its own
+    process group (Beam workers it starts join it), so a stopped run stops
+    them all."""
+
+    def __init__(self) -> None:
+        self._procs: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+
+    def start(self, argv: list[str]) -> subprocess.Popen:
+        with self._lock:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                start_new_session=True, preexec_fn=_die_with_parent(),
+            )
+            self._procs.add(proc)
+            return proc
+
+    def done(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def stop_all(self, grace: float = 3.0) -> None:
+        """SIGTERM to every group, SIGKILL to what is left after `grace` s."""
+        with self._lock:
+            procs = list(self._procs)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for proc in procs:
+                try:
+                    os.killpg(proc.pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            deadline = time.monotonic() + grace
+            for proc in procs:
+                try:
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+            if all(p.poll() is not None for p in procs):
+                return
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, for Popen(preexec_fn=): the kernel kills the child when the
+    thread that started it dies, so a `kill -9` of the run leaves no
+    launcher running on."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the forked child
+
+    def set_pdeathsig() -> None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    return set_pdeathsig
+
+
+def _launch_in_child(invocation: Invocation, children: _Children) -> InvocationResult:
     """`python -m conveyor.launch` on the invocation, in a child process."""
     with tempfile.TemporaryDirectory(prefix="conveyor-launch-") as scratch:
         request = os.path.join(scratch, "invocation.json")
@@ -362,14 +427,15 @@ def _launch_in_child(invocation: Invocation) -> InvocationResult:
         # The invocation holds the real parameters (secrets too): only we may read it.
         with open(os.open(request, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as f:
             f.write(invocation.to_json())
-        proc = subprocess.run(
-            [sys.executable, "-m", "conveyor.launch", request, "--result", answer],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        )
+        proc = children.start([sys.executable, "-m", "conveyor.launch", request, "--result", answer])
+        try:
+            stdout, stderr = proc.communicate()
+        finally:
+            children.done(proc)
         if os.path.exists(answer):
             with open(answer, encoding="utf-8") as f:
                 return InvocationResult.from_json(f.read())
-        tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-20:])
+        tail = "\n".join((stderr or stdout).splitlines()[-20:])
         return InvocationResult(
             error=f"{invocation.component_id}: the launcher process exited with code {proc.returncode} "
                   f"without a result:\n{tail}"
