@@ -73,13 +73,13 @@ def tfx_node_times(metadata_db: str, after_ms: int = 0) -> dict[str, tuple[str, 
 
 
 def ratio_line(what: str, ours: float, theirs: float | None, target: str = "",
-               met: Callable[[float], bool] | None = None) -> str:
+               met: Callable[[float], bool] | None = None, label: str = "Conveyor/TFX") -> str:
     """`what: Conveyor/TFX = 0.310x (target <= 0.25x): MISSED`, or that the
     peer was not measured. Without a target, the ratio alone."""
     if theirs is None:
         return f"{what}: {NOT_MEASURED}"
     value = ours / theirs if theirs else float("inf")
-    line = f"{what}: Conveyor/TFX = {value:.3f}x"
+    line = f"{what}: {label} = {value:.3f}x"
     if met is not None:
         line += f" (target {target}): {'MET' if met(value) else 'MISSED'}"
     return line

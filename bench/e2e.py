@@ -236,7 +236,8 @@ def main() -> int:
                            args.work_dir)
         print_runs("first run with root and data on s3:// (moto on loopback)", s3_run, None)
         print(ratio_line("s3:// run / local run, whole-process wall", s3_run.m.wall_s,
-                         runs["conveyor_first"].m.wall_s, f"<= {TARGET_S3:.1f}x", lambda r: r <= TARGET_S3))
+                         runs["conveyor_first"].m.wall_s, f"<= {TARGET_S3:.1f}x", lambda r: r <= TARGET_S3,
+                         label="s3/local"))
     print(f"load average at the end: {load_average()} ({os.cpu_count()} cores; other work inflates wall times)")
     return 0
 

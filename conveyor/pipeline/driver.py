@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlparse
@@ -48,6 +49,7 @@ __all__ = [
     "check_code_reaches_workers",
     "remote_workers",
     "beam_args_for",
+    "scratch_dir",
     "invocation",
     "publish",
     "fail",
@@ -256,9 +258,23 @@ def invocation(
         pipeline_name=pipeline_name,
         pipeline_root=root,
         execution_id=execution_id,
-        tmp_dir=fs.join(root, component.id, ".temp", str(execution_id)),
+        tmp_dir=scratch_dir(root, pipeline_name, component.id, execution_id, beam_args),
         code_file=_class_file(cls),
     )
+
+
+def scratch_dir(root: str, pipeline_name: str, component_id: str, execution_id: int,
+                beam_args: Sequence[str]) -> str:
+    """Where an execution keeps its temporary files (tf.Transform's, Beam's):
+    under the pipeline root, which every runner's workers share; on this
+    machine's disk when the root is on an object store but Beam's
+    DirectRunner runs the work here, since many small temporary objects on a
+    store cost far more than local files."""
+    runner = (_flag(beam_args, "runner") or "DirectRunner").lower()
+    if fs.is_remote(root) and runner in ("directrunner", "direct"):
+        return os.path.join(tempfile.gettempdir(), "conveyor-scratch", pipeline_name, component_id,
+                            str(execution_id))
+    return fs.join(root, component_id, ".temp", str(execution_id))
 
 
 def _class_file(cls: type) -> str:
@@ -363,6 +379,7 @@ def reconcile(md: Metadata, pipeline: Any, pipeline_context: Any, echo: Callable
         for path in fs.glob(fs.join(pipeline.root, component_id, "*", str(e.id))):
             fs.rmtree(path)
         fs.rmtree(fs.join(pipeline.root, component_id, ".temp", str(e.id)))
+        fs.rmtree(os.path.join(tempfile.gettempdir(), "conveyor-scratch", pipeline.name, component_id, str(e.id)))
         component = by_id.get(component_id)
         if component is not None:
             params = {k: _json_value(v) for k, v in e.custom_properties.items()}
