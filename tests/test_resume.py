@@ -297,3 +297,34 @@ def test_sigterm_stops_a_running_launcher_process_and_cancels_it(tmp_path):
     assert "signal" in slow.custom_properties[mdstore.ERROR].string_value
     assert not (tmp_path / "root" / "slow" / "model" / str(slow.id)).exists()
     assert not [e for e in md.store.get_executions() if e.last_known_state == pb.Execution.RUNNING]
+
+
+def test_two_runs_at_once_share_the_work_through_the_cache(tmp_path):
+    (tmp_path / "pipeline.py").write_text(PIPELINE)
+    first = _conveyor("run", "pipeline.py", cwd=tmp_path)
+    _wait_for(tmp_path / "started", first)
+    second = _conveyor("run", "pipeline.py", cwd=tmp_path)
+    # The second run waits for the first's `slow` instead of computing it again.
+    deadline = time.monotonic() + 120
+    seen = []
+    while time.monotonic() < deadline:
+        line = second.stdout.readline()
+        seen.append(line)
+        if "waiting: execution" in line or not line:
+            break
+    assert any("slow" in x and "waiting: execution" in x for x in seen), "".join(seen)
+    (tmp_path / "go").write_text("")
+    out_first, _ = first.communicate(timeout=300)
+    out_second, _ = second.communicate(timeout=300)
+    out_second = "".join(seen) + out_second
+    assert first.returncode == 0, out_first
+    assert second.returncode == 0, out_second
+    states = dict(line.split()[:2] for line in out_second.splitlines()
+                  if line.startswith("  ") and len(line.split()) > 1 and line.split()[1] in ("CACHED", "COMPLETE"))
+    assert states["make"] == "CACHED" and states["slow"] == "CACHED", out_second
+    md = Metadata(str(tmp_path / "root" / "metadata.sqlite"))
+    slow_runs = [e for e in md.store.get_executions()
+                 if e.custom_properties[mdstore.COMPONENT_ID].string_value == "slow"
+                 and e.last_known_state == pb.Execution.COMPLETE]
+    assert len(slow_runs) == 1  # computed once
+    assert len(md.store.get_contexts_by_type("pipeline")) == 1

@@ -96,6 +96,8 @@ class Metadata:
 
     def context(self, type_name: str, name: str, pipeline_name: str | None = None) -> Any:
         """The context of that type and name, created if it does not exist."""
+        from ml_metadata import errors
+
         pb = _pb()
         with self._lock:
             found = self.store.get_context_by_type_and_name(type_name, name)
@@ -104,7 +106,11 @@ class Metadata:
             ctx = pb.Context(type_id=self.context_type_id(type_name), name=name)
             if pipeline_name is not None:
                 ctx.properties["pipeline_name"].string_value = pipeline_name
-            [ctx.id] = self.store.put_contexts([ctx])
+            try:
+                [ctx.id] = self.store.put_contexts([ctx])
+            except errors.AlreadyExistsError:
+                # Another process (a concurrent run) created it meanwhile.
+                return self.store.get_context_by_type_and_name(type_name, name)
             return ctx
 
     def find_context(self, type_name: str, name: str) -> Any:

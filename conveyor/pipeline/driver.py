@@ -42,6 +42,7 @@ __all__ = [
     "execution_properties",
     "cache_key",
     "previous_executions",
+    "running_twin",
     "cache_hit",
     "rerun_reason",
     "output_artifacts",
@@ -109,6 +110,22 @@ def cache_hit(md: Metadata, previous: list[Any], key: str) -> dict[str, list[Art
         outputs = md.io_of(e.id, "OUTPUT")
         if all(fs.is_complete(a.uri) for arts in outputs.values() for a in arts):
             return outputs
+    return None
+
+
+def running_twin(md: Metadata, node_context_id: int, key: str, own_owner: str) -> Any | None:
+    """A RUNNING execution of the node with the same cache key, in another
+    live process (a concurrent run of the same pipeline), or None."""
+    pb = mdstore._pb()
+    for e in md.executions(node_context_id):
+        if e.last_known_state != pb.Execution.RUNNING:
+            continue
+        prop = e.custom_properties.get(mdstore.CACHE_KEY)
+        who = e.custom_properties.get(mdstore.OWNER)
+        if prop is None or prop.string_value != key or who is None or who.string_value == own_owner:
+            continue
+        if owner_alive(who.string_value) is not False:
+            return e
     return None
 
 

@@ -35,6 +35,9 @@ from conveyor.pipeline.dsl import Component, Pipeline, to_jsonable
 
 __all__ = ["LocalRunner", "RunResult", "NodeResult"]
 
+# How often a node waiting for another run's identical execution looks again.
+_WAIT_POLL_SECONDS = 0.5
+
 
 @dataclasses.dataclass
 class NodeResult:
@@ -125,6 +128,7 @@ class LocalRunner:
         pending = list(pipeline.components)
         running: dict[futures.Future, tuple[Component, int, dict, list, float]] = {}
         failed: NodeResult | None = None
+        waiting: set[str] = set()  # nodes another run is computing right now
 
         pool = futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="conveyor")
         try:
@@ -133,9 +137,12 @@ class LocalRunner:
                 # Cached and resolver nodes finish at once, which may ready more.
                 progressed = False
                 for component in [c for c in pending if failed is None and self._ready(c, results)]:
-                    pending.remove(component)
                     started = self._start(md, pipeline, component, pipeline_ctx, run_ctx, produced, pool,
-                                          forced=component.id in forced)
+                                          forced=component.id in forced, waiting=waiting)
+                    if started is None:
+                        continue  # waits for a concurrent run's identical execution; asked again below
+                    pending.remove(component)
+                    waiting.discard(component.id)
                     if isinstance(started, NodeResult):
                         progressed = True
                         results[component.id] = started
@@ -146,9 +153,13 @@ class LocalRunner:
                         running[started[0]] = started[1:]
                 if progressed:
                     continue
-                if not running:
+                if not running and not waiting:
                     break
-                done, _ = futures.wait(list(running), return_when=futures.FIRST_COMPLETED)
+                if not running:
+                    time.sleep(_WAIT_POLL_SECONDS)
+                    continue
+                done, _ = futures.wait(list(running), return_when=futures.FIRST_COMPLETED,
+                                       timeout=_WAIT_POLL_SECONDS if waiting else None)
                 for fut in done:
                     component, execution_id, io, contexts, t0 = running.pop(fut)
                     result = self._finish(md, component, execution_id, io, contexts, t0, fut)
@@ -215,7 +226,8 @@ class LocalRunner:
         produced: dict,
         pool: futures.ThreadPoolExecutor,
         forced: bool = False,
-    ) -> NodeResult | tuple:
+        waiting: set[str] | None = None,
+    ) -> NodeResult | tuple | None:
         t0 = time.monotonic()
         node_ctx = md.context("node", f"{pipeline.name}.{component.id}", pipeline_name=pipeline.name)
         contexts = [pipeline_ctx, run_ctx, node_ctx]
@@ -246,6 +258,17 @@ class LocalRunner:
         use_cache = (self.enable_cache and pipeline.enable_cache and component.enable_cache and key
                      and not forced)
         previous = driver.previous_executions(md, node_ctx.id)
+        if use_cache and waiting is not None:
+            # A concurrent run of this pipeline computes the same thing now:
+            # wait for it, then take its outputs from the cache.
+            twin = driver.running_twin(md, node_ctx.id, key, self._owner)
+            if twin is not None:
+                if component.id not in waiting:
+                    who = json.loads(twin.custom_properties[mdstore.OWNER].string_value)
+                    self.echo(f"  {component.id:<28} waiting: execution {twin.id} of another run (pid "
+                              f"{who.get('pid')} on {who.get('host')}) computes the same outputs")
+                    waiting.add(component.id)
+                return None
         if use_cache:
             hit = driver.cache_hit(md, previous, key)
             if hit is not None:
