@@ -80,7 +80,11 @@ def _run(args: argparse.Namespace) -> int:
         result = runner.run(pipeline, raise_on_failure=False)
     except KeyboardInterrupt:
         print("run stopped", file=sys.stderr)
-        return 130
+        # Executors running in threads cannot be stopped from outside: ending
+        # the process ends them, before they write anything more.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     failed = [n for n in result.nodes.values() if n.state == "FAILED"]
     for n in failed:
         print(f"\nFAILED {n.component_id} (execution {n.execution_id}):\n{n.error}", file=sys.stderr)

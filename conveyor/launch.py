@@ -26,6 +26,7 @@ import importlib.util
 import json
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -150,11 +151,13 @@ def _executor(cls: type, invocation: Invocation) -> Callable[..., Any]:
     return getattr(importlib.import_module(module_name), attr)
 
 
-def execute(invocation: Invocation, cls: type | None = None) -> InvocationResult:
+def execute(invocation: Invocation, cls: type | None = None,
+            cancelled: threading.Event | None = None) -> InvocationResult:
     """Run the node's executor here, on fresh artifacts built from the
     invocation; its scratch directory is removed afterwards. `cls` is the
-    component class when the caller has it (else it is imported). Raises
-    what the executor raised."""
+    component class when the caller has it (else it is imported);
+    `cancelled` is set by the caller when the run is stopped. Raises what
+    the executor raised."""
     from conveyor.pipeline.dsl import from_jsonable
 
     cls = cls or component_class(invocation)
@@ -168,6 +171,8 @@ def execute(invocation: Invocation, cls: type | None = None) -> InvocationResult
         beam_pipeline_args=list(invocation.beam_pipeline_args),
         tmp_dir=invocation.tmp_dir,
     )
+    if cancelled is not None:
+        ctx.cancelled = cancelled
     if ctx.tmp_dir:
         fs.makedirs(ctx.tmp_dir)
     try:

@@ -148,3 +148,16 @@ def test_destination_must_be_given_once():
     tfx_style = pusher.PushDestination(filesystem=pusher.PushDestination.Filesystem(base_directory="/b"))
     built = pusher.Pusher(model=Channel(Model), model_blessing=blessing, push_destination=tfx_style)
     assert built.params.destination() == "/b"
+
+
+def test_a_stopped_run_pushes_nothing(tmp_path):
+    base = str(tmp_path / "serving")
+    ctx = ExecutionContext("pusher", execution_id=9)
+    ctx.cancelled.set()  # the run was stopped while the Pusher copied the model
+    with pytest.raises(ExecutorError, match="the run was stopped"):
+        pusher.run(
+            {"model": [Model(MODEL_URI, id=2)], "model_blessing": [evaluator_blessing()]},
+            {"pushed_model": [PushedModel(str(tmp_path / "pushed"))]},
+            pusher.PusherParams(base_directory=base), ctx,
+        )
+    assert os.listdir(base) == []  # no version, and no staging copy left

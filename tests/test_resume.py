@@ -271,12 +271,13 @@ def test_secrets_never_reach_mlmd_the_ir_or_the_logs(tmp_path):
     assert "***" in ir
 
 
-def test_sigterm_stops_a_running_launcher_process_and_cancels_it(tmp_path):
+@pytest.mark.parametrize("launcher", ["thread", "process"])
+def test_sigterm_stops_the_running_node_and_cancels_it(tmp_path, launcher):
     (tmp_path / "pipeline.py").write_text(PIPELINE)
-    proc = _conveyor("run", "pipeline.py", "--launcher", "process", cwd=tmp_path)
+    proc = _conveyor("run", "pipeline.py", "--launcher", launcher, cwd=tmp_path)
     _wait_for(tmp_path / "started", proc, timeout=300)
     worker = int((tmp_path / "started").read_text())
-    assert worker != proc.pid  # the node runs in a child process
+    assert (worker != proc.pid) == (launcher == "process")  # a child process, or a thread of the run
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)

@@ -48,6 +48,13 @@ class ExecutionContext:
     execution_id: int = 0
     beam_pipeline_args: list[str] = dataclasses.field(default_factory=list)
     tmp_dir: str = ""
+    # Set when the run was stopped: an executor checks it before a step that
+    # cannot be undone (the Pusher's rename into the serving directory).
+    cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    def check_cancelled(self) -> None:
+        if self.cancelled.is_set():
+            raise ExecutorError(f"{self.component_id}: the run was stopped; nothing more is done.")
 
     def beam_pipeline(self) -> Any:
         """A Beam pipeline on the user's runner; the in-memory DirectRunner by

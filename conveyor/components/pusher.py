@@ -135,18 +135,20 @@ def run(
     if fs.is_remote(base):
         target = _push_to_object_store(source, base, version)
     else:
-        target = _push_to_disk(source, base, version, ctx.execution_id)
+        target = _push_to_disk(source, base, version, ctx)
     pushed.set("pushed", 1)
     pushed.set("pushed_destination", target)
     pushed.set("pushed_version", str(version))
     return f"pushed model {model.uri} to {target}"
 
 
-def _push_to_disk(source: str, base: str, version: int, execution_id: int) -> str:
-    staging = fs.join(base, f".{version}.incomplete-{execution_id}")
+def _push_to_disk(source: str, base: str, version: int, ctx: ExecutionContext) -> str:
+    staging = fs.join(base, f".{version}.incomplete-{ctx.execution_id}")
     fs.rmtree(staging)
     try:
         fs.copytree(source, staging)
+        # A stopped run pushes nothing: MLMD will say this was never pushed.
+        ctx.check_cancelled()
         # A rename within one directory is atomic: a server never sees a partial model.
         while True:
             target = fs.join(base, str(version))

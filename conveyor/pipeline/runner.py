@@ -104,6 +104,7 @@ class LocalRunner:
         self.run_from = run_from
         self._owner = driver.owner()
         self._children = _Children()
+        self._cancelled = threading.Event()
         self.max_workers = max_workers
         self.enable_cache = enable_cache
         self.beam_pipeline_args = list(beam_pipeline_args or [])
@@ -171,6 +172,7 @@ class LocalRunner:
             # Interrupted (Ctrl-C, SIGTERM) or broken: launcher processes stop
             # (threads cannot be stopped), no execution is left RUNNING in
             # MLMD, and nothing half-written stays on disk.
+            self._cancelled.set()  # executors in threads skip what cannot be undone
             self._children.stop_all()
             by_id = {c.id: c for c in pipeline.components}
             for execution in md.executions(run_ctx.id):
@@ -305,7 +307,7 @@ class LocalRunner:
         if self.launcher == "process":
             return _launch_in_child(invocation, self._children)
         try:
-            return execute(invocation, cls)
+            return execute(invocation, cls, self._cancelled)
         except Exception as e:  # noqa: BLE001 - the result carries every failure
             return failure(invocation.component_id, e)
 
