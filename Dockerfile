@@ -29,5 +29,9 @@ RUN pip install --no-cache-dir -c /tmp/conveyor-src/constraints.txt /tmp/conveyo
     && rm -rf /tmp/conveyor-src \
     && python -c "import apache_beam, conveyor.components.transform, tensorflow_transform, tensorflow_model_analysis, tensorflow_data_validation, tensorflow_io; assert apache_beam.__version__ == '2.61.0', apache_beam.__version__"
 
+# One Keras for every component (see conveyor.components.base.use_keras_2):
+# TFMA's and tf.Transform's DoFns load Keras 2 models on the workers.
+ENV TF_USE_LEGACY_KERAS=1
+
 # The base image's ENTRYPOINT (/opt/apache/beam/boot) stays: runners start
 # SDK workers through it, and it runs the worker pool with --worker_pool.

@@ -33,7 +33,7 @@ from typing import Any
 
 from conveyor import fs
 from conveyor.artifacts import Artifact
-from conveyor.components.base import ExecutionContext
+from conveyor.components.base import ExecutionContext, use_keras_2
 from conveyor.errors import ConveyorError
 
 __all__ = [
@@ -160,6 +160,7 @@ def execute(invocation: Invocation, cls: type | None = None,
     the executor raised."""
     from conveyor.pipeline.dsl import from_jsonable
 
+    use_keras_2()
     cls = cls or component_class(invocation)
     params = from_jsonable(cls.Params, invocation.parameters)  # type: ignore[attr-defined]
     inputs, outputs = artifacts_from_json(invocation.inputs), artifacts_from_json(invocation.outputs)

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Executors set this before TensorFlow's first use of tf.keras (see
+# conveyor.components.base.use_keras_2); tests also import TensorFlow
+# themselves, before any executor, so the test process sets it first.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from tests.s3 import S3Server
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -101,4 +102,17 @@ def test_building_the_taxi_pipeline_imports_no_tensorflow():
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_importing_conveyor_changes_nothing_in_the_process():
+    code = (
+        "import os, sys; env = dict(os.environ); path = list(sys.path);"
+        "import conveyor, conveyor.components, conveyor.pipeline.runner, conveyor.launch;"
+        "from conveyor.components import CsvExampleGen, Trainer, Transform, Evaluator;"
+        "changed = {k for k in set(env) | set(os.environ) if env.get(k) != os.environ.get(k)};"
+        "print(sorted(changed), sys.path == path); sys.exit(1 if changed or sys.path != path else 0)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -35,6 +35,7 @@ __all__ = [
     "user_code_files",
     "fingerprint_files",
     "skip_autograph_for_tf_keras",
+    "use_keras_2",
 ]
 
 
@@ -205,6 +206,17 @@ def fingerprint_files(paths: Sequence[str]) -> str:
             content.update(block)
         h.update(content.digest())
     return h.hexdigest()
+
+
+def use_keras_2() -> None:
+    """One Keras for every component: tf.Transform's layers are Keras 2
+    (tf_keras), so `tf.keras` must be Keras 2 too, or TFMA does not see the
+    models as Keras and skips their compiled metrics. TensorFlow decides
+    when `tf.keras` is first touched; this runs before any executor (not
+    on `import conveyor`). A process that touched `tf.keras` before running
+    a pipeline in-process should set TF_USE_LEGACY_KERAS=1 itself, or use
+    LocalRunner(launcher="process")."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 
 def skip_autograph_for_tf_keras() -> None:
