@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from conveyor import fs
 from conveyor.errors import ConveyorError, PipelineDefinitionError
+from conveyor.metadata.config import check_metadata, is_database_uri
 from conveyor.pipeline.dsl import Pipeline
 
 __all__ = ["main", "entry", "load_pipeline"]
@@ -52,13 +53,16 @@ def _pipeline(args: argparse.Namespace) -> Pipeline:
     """The pipeline named on the command line, with --metadata applied."""
     pipeline = load_pipeline(args.pipeline)
     if getattr(args, "metadata", None):
-        if fs.is_remote(args.metadata):
-            raise PipelineDefinitionError(
-                f"--metadata {args.metadata!r} must be a local path: the SQLite metadata store cannot "
-                f"live on an object store."
-            )
-        pipeline.metadata = os.path.abspath(args.metadata)
+        pipeline.metadata = check_metadata(args.metadata, "--metadata")
     return pipeline
+
+
+def _no_store(pipeline: Pipeline) -> bool:
+    """True (with a message) when the pipeline's SQLite store does not exist yet."""
+    if is_database_uri(pipeline.metadata) or os.path.exists(pipeline.metadata):
+        return False
+    print(f"no metadata store at {pipeline.metadata}: run the pipeline first", file=sys.stderr)
+    return True
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -108,8 +112,7 @@ def _lineage(args: argparse.Namespace) -> int:
     from conveyor.metadata.store import Metadata
 
     pipeline = _pipeline(args)
-    if not os.path.exists(pipeline.metadata):
-        print(f"no metadata store at {pipeline.metadata}: run the pipeline first", file=sys.stderr)
+    if _no_store(pipeline):
         return 1
     md = Metadata(pipeline.metadata)
     if args.artifact is not None:
@@ -129,8 +132,7 @@ def _runs(args: argparse.Namespace) -> int:
     from conveyor.metadata.store import Metadata
 
     pipeline = _pipeline(args)
-    if not os.path.exists(pipeline.metadata):
-        print(f"no metadata store at {pipeline.metadata}: run the pipeline first", file=sys.stderr)
+    if _no_store(pipeline):
         return 1
     print(run_history(Metadata(pipeline.metadata), pipeline.name, args.last))
     return 0
@@ -154,7 +156,7 @@ def _quiet_libraries() -> None:
 def _metadata_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metadata", metavar="PATH",
-        help="the SQLite metadata store (default: the pipeline's; <root>/metadata.sqlite for a local root)",
+        help="the metadata store: a SQLite path or a mysql:// or postgresql:// URI (default: the pipeline's)",
     )
 
 

@@ -119,7 +119,7 @@ def test_remote_root_keeps_metadata_in_the_state_dir(tmp_path, monkeypatch):
     )
     local = Pipeline("local", str(tmp_path / "root"), [])
     assert local.metadata == str(tmp_path / "root" / "metadata.sqlite")
-    with pytest.raises(PipelineDefinitionError, match="must be a local path"):
+    with pytest.raises(PipelineDefinitionError, match="s3:// scheme is not supported"):
         Pipeline("remote", "s3://bucket/x", [], metadata="s3://bucket/m.sqlite")
     with pytest.raises(PipelineDefinitionError, match="not supported"):
         Pipeline("remote", "hdfs://nn/x", [])

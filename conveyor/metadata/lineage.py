@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from conveyor.artifacts import Artifact
-from conveyor.metadata.store import CACHE_KEY_PARTS, COMPONENT_ID, ERROR, RERUN_REASON, Metadata, _get_value, _pb
+from conveyor.metadata.store import CACHE_KEY_PARTS, COMPONENT_ID, ERROR, RERUN_REASON, Metadata, _pb
 
 __all__ = ["LineageStep", "upstream", "format_lineage", "run_history"]
 
@@ -45,7 +45,7 @@ def upstream(md: Metadata, artifact_id: int, _seen: dict[int, LineageStep] | Non
         return step
     e = md.execution(execution_id)
     step.component_type = md.execution_type_name(e)
-    props = {k: _get_value(v) for k, v in e.custom_properties.items()}
+    props = md.properties_of(e)
     step.component_id = str(props.pop(COMPONENT_ID, ""))
     parts = json.loads(props.get(CACHE_KEY_PARTS) or "{}")
     step.code = {k.split(":", 1)[1]: v for k, v in parts.items() if k.startswith("code:")}
@@ -99,8 +99,8 @@ def run_history(md: Metadata, pipeline_name: str, last: int = 5) -> str:
             seconds = (e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000
             line = f"  {node:<30} {state:<9} {seconds:7.1f}s  execution #{e.id}"
             if RERUN_REASON in props:
-                line += f"  re-run: {props[RERUN_REASON].string_value}"
+                line += f"  re-run: {md.text(props[RERUN_REASON])}"
             if ERROR in props:
-                line += f"  error: {props[ERROR].string_value.splitlines()[0]}"
+                line += f"  error: {md.text(props[ERROR]).splitlines()[0]}"
             lines.append(line)
     return "\n".join(lines) if lines else f"no runs of pipeline {pipeline_name!r} recorded"

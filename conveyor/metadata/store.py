@@ -11,7 +11,6 @@ users' queries work on a Conveyor store.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -26,6 +25,8 @@ CACHE_KEY_PARTS = "__cache_key_parts__"
 ERROR = "__error__"
 COMPONENT_ID = "__component_id__"
 RERUN_REASON = "__rerun_reason__"
+# See Metadata._set: how a backslash is stored in a PostgreSQL store.
+BACKSLASH_STAND_IN = "\u29f5"
 # JSON {"host", "pid", "start"}: the process that runs the execution, so a
 # later run can tell an execution whose process died from a running one.
 OWNER = "__owner__"
@@ -50,18 +51,39 @@ class Metadata:
     def __init__(self, path: str | None = None, *, connection_config: Any = None) -> None:
         from ml_metadata.metadata_store import metadata_store
 
-        pb = _pb()
+        from conveyor.metadata import config
+
         if connection_config is None:
             if not path:
-                raise ValueError("Metadata needs a SQLite path or a connection_config")
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            connection_config = pb.ConnectionConfig()
-            connection_config.sqlite.filename_uri = os.path.abspath(path)
-            connection_config.sqlite.connection_mode = pb.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+                raise ValueError("Metadata needs a SQLite path, a database URI or a connection_config")
+            connection_config = config.connection_config(config.check_metadata(path, "Metadata"))
         self.path = path
         self.store = metadata_store.MetadataStore(connection_config)
+        # MLMD 1.16's PostgreSQL source quotes PQescapeLiteral's output again,
+        # so a string holding a backslash (E'...') breaks its SQL: there, a
+        # backslash is stored as BACKSLASH_STAND_IN and turned back on reading.
+        self._pg = connection_config.HasField("postgresql")
         self._lock = threading.RLock()
         self._type_ids: dict[tuple[str, str], int] = {}
+
+    # -- values ------------------------------------------------------------------
+    def _set(self, target: Any, v: Any) -> None:
+        _set_value(target, v)
+        if self._pg and target.WhichOneof("value") == "string_value" and "\\" in target.string_value:
+            target.string_value = target.string_value.replace("\\", BACKSLASH_STAND_IN)
+
+    def _get(self, value: Any) -> Any:
+        got = _get_value(value)
+        return self.text(got) if isinstance(got, str) else got
+
+    def properties_of(self, execution: Any) -> dict[str, Any]:
+        """An execution's custom properties as Python values."""
+        return {k: self._get(v) for k, v in execution.custom_properties.items()}
+
+    def text(self, value: Any) -> str:
+        """A string property as written (a proto Value or its string_value)."""
+        raw = value if isinstance(value, str) else value.string_value
+        return raw.replace(BACKSLASH_STAND_IN, "\\") if self._pg else raw
 
     # -- types and contexts ----------------------------------------------------
     def artifact_type_id(self, cls: type[Artifact]) -> int:
@@ -125,10 +147,10 @@ class Metadata:
             a.id = artifact.id
         a.state = getattr(pb.Artifact, state)
         for k, v in artifact.properties.items():
-            _set_value(a.properties[k], v)
+            self._set(a.properties[k], v)
         for k, v in artifact.custom_properties.items():
             if v is not None:
-                _set_value(a.custom_properties[k], v)
+                self._set(a.custom_properties[k], v)
         return a
 
     def from_proto(self, proto: Any, type_name: str | None = None) -> Artifact:
@@ -138,9 +160,9 @@ class Metadata:
             type_name = t.name
         art = artifact_type(type_name)(proto.uri, id=proto.id)
         for k, v in proto.properties.items():
-            art.properties[k] = _get_value(v)
+            art.properties[k] = self._get(v)
         for k, v in proto.custom_properties.items():
-            art.custom_properties[k] = _get_value(v)
+            art.custom_properties[k] = self._get(v)
         return art
 
     def artifacts_by_id(self, ids: Sequence[int]) -> list[Artifact]:
@@ -172,7 +194,7 @@ class Metadata:
         e = pb.Execution(type_id=self.execution_type_id(component_type), last_known_state=pb.Execution.RUNNING)
         for k, v in properties.items():
             if v is not None:
-                _set_value(e.custom_properties[k], v)
+                self._set(e.custom_properties[k], v)
         pairs = [(self.to_proto(a), _event(pb.Event.INPUT, key, i)) for key, i, a in _flatten(inputs)]
         with self._lock:
             execution_id, _, _ = self.store.put_execution(
@@ -196,7 +218,7 @@ class Metadata:
             e.last_known_state = getattr(pb.Execution, state)
             for k, v in (properties or {}).items():
                 if v is not None:
-                    _set_value(e.custom_properties[k], v)
+                    self._set(e.custom_properties[k], v)
             flat = list(_flatten(outputs))
             pairs = [(self.to_proto(a), _event(pb.Event.OUTPUT, key, i)) for key, i, a in flat]
             _, artifact_ids, _ = self.store.put_execution(
@@ -210,7 +232,7 @@ class Metadata:
         with self._lock:
             [e] = self.store.get_executions_by_id([execution_id])
             for k, v in properties.items():
-                _set_value(e.custom_properties[k], v)
+                self._set(e.custom_properties[k], v)
             self.store.put_executions([e])
 
     def fail_execution(self, execution_id: int, contexts: Sequence[Any], error: str) -> None:

@@ -129,14 +129,14 @@ def running_twin(md: Metadata, node_context_id: int, key: str, own_owner: str) -
     return None
 
 
-def rerun_reason(previous: list[Any], key: str | None, parts: dict | None) -> list[str]:
+def rerun_reason(md: Metadata, previous: list[Any], key: str | None, parts: dict | None) -> list[str]:
     """Why a node runs although it ran before: the changed parts of its key."""
     if not previous:
         return []
     old_raw = previous[0].custom_properties.get(mdstore.CACHE_KEY_PARTS)
     if old_raw is None or not old_raw.string_value or parts is None:
         return []
-    old = json.loads(old_raw.string_value)
+    old = json.loads(md.text(old_raw))
     if old == parts:
         return ["cache disabled or earlier outputs missing"]
     return cache.explain_change(old, parts)

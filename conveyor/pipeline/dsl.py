@@ -403,7 +403,9 @@ class Pipeline:
     """Components wired together, with where they keep their outputs and MLMD.
 
     `root` is a local directory or an object-store URI (`s3://bucket/path`,
-    `gs://bucket/path`). `metadata` is the path of a SQLite MLMD file: by
+    `gs://bucket/path`). `metadata` is the MLMD store: the path of a SQLite
+    file, or a `mysql://user@host:port/db` or `postgresql://...` URI (see
+    `conveyor.metadata.config`; the password comes from the environment). By
     default `<root>/metadata.sqlite` for a local root; for a remote root
     (where a database cannot live) `<state dir>/conveyor/<name>/metadata.sqlite`,
     the state dir being `$XDG_STATE_HOME` or `~/.local/state`.
@@ -432,14 +434,10 @@ class Pipeline:
             self.root = fs.abspath(root)
         except ValueError as e:
             raise PipelineDefinitionError(f"Pipeline {name!r}: root {e}") from None
-        if metadata and fs.is_remote(metadata):
-            raise PipelineDefinitionError(
-                f"Pipeline {name!r}: metadata {metadata!r} must be a local path: the SQLite metadata "
-                f"store cannot live on an object store. Leave it unset for the default "
-                f"({default_metadata_path(name)}) or name a local file."
-            )
         if metadata:
-            self.metadata = os.path.abspath(metadata)
+            from conveyor.metadata.config import check_metadata
+
+            self.metadata = check_metadata(metadata, f"Pipeline {name!r}")
         elif fs.is_remote(self.root):
             self.metadata = default_metadata_path(name)
         else:

@@ -278,7 +278,7 @@ class LocalRunner:
                 md.finish_execution(execution_id, contexts, hit, state="CACHED")
                 self.echo(f"  {component.id:<28} CACHED")
                 return NodeResult(component.id, "CACHED", execution_id, time.monotonic() - t0, hit)
-        reason = driver.rerun_reason(previous, key, parts)
+        reason = driver.rerun_reason(md, previous, key, parts)
         if forced and previous:
             reason = [f"re-run from {self.run_from!r} requested"]
         if reason:
