@@ -161,8 +161,8 @@ def test_local_runner_pipeline_on_the_portable_runner(services, tmp_path):
     assert {n: r.state for n, r in result.nodes.items()} == {
         c.id: "COMPLETE" for c in (example_gen, stats, schema)
     }
-    # StatisticsGen is the Beam component here: one job per run, through the service.
-    assert list(ran.new_jobs.values()) == ["DONE"]
+    # CsvExampleGen and StatisticsGen are the Beam components here: a job each, through the service.
+    assert list(ran.new_jobs.values()) == ["DONE", "DONE"]
 
     with open(os.path.join(PENGUIN_DATA, "penguins_processed.csv"), newline="") as f:
         rows = list(csv.DictReader(f))

@@ -9,10 +9,17 @@ tf.Example. `tfrecords_gzip` (gzipped tf.Example) is kept for interoperability.
 Batches come in two shapes: flat (what TFDV reads fastest) and "list" (every
 column a large_list, values as large_binary / int64 / float32), the shape
 tf.Example decoding gives and tfx_bsl's tensor adapters expect.
+
+TFRecord framing (each record: its length, the masked CRC32C of the length,
+the bytes, their masked CRC32C) is read and written here without TensorFlow.
+`beam_write_batches` writes a split through Beam's file sinks, so a pipeline
+on any runner (and to any filesystem Beam knows: local, s3://, gs://) lays
+the files out as above.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from conveyor import fs
@@ -28,8 +35,13 @@ __all__ = [
     "beam_read_batches",
     "encode_examples",
     "masked_crc",
+    "TFRecordError",
+    "read_tfrecords",
+    "frame_tfrecords",
     "write_tfrecords_gz",
     "parquet_to_tfrecords",
+    "beam_write_batches",
+    "ROWS_PER_GROUP",
 ]
 
 PARQUET = "parquet"
@@ -121,18 +133,92 @@ def masked_crc(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def write_tfrecords_gz(path: str, records: Any) -> int:
+class TFRecordError(ValueError):
+    """A TFRecord file that cannot be read: `kind` is "gzip" (a gzipped file
+    that does not decompress), "truncated", "header" (a record's length fails
+    its checksum: not a TFRecord file) or "checksum" (a record's data fails
+    its checksum); `index` is the record's number (from 0)."""
+
+    def __init__(self, kind: str, index: int, detail: str = "") -> None:
+        super().__init__(f"{kind} at record #{index}{': ' + detail if detail else ''}")
+        self.kind = kind
+        self.index = index
+        self.detail = detail
+
+
+_READ_CHUNK = 4 << 20
+
+
+def read_tfrecords(f: Any) -> Iterator[bytes]:
+    """The records of a TFRecord file, gzipped or not (told by its first
+    bytes), from a seekable binary file object, checking every checksum."""
+    import gzip
+    import struct
+    import zlib
+
+    start = f.tell()
+    gzipped = f.read(2) == b"\x1f\x8b"
+    f.seek(start)
+    source = gzip.GzipFile(fileobj=f, mode="rb") if gzipped else f
+    header = struct.Struct("<QI")
+    footer = struct.Struct("<I")
+    index = 0
+    try:
+        # Parse from a large buffer: a few reads per record would cost more than decoding.
+        buf, pos, eof = b"", 0, False
+        while True:
+            if len(buf) - pos < 12 and not eof:
+                chunk = source.read(_READ_CHUNK)
+                eof = not chunk
+                buf, pos = buf[pos:] + chunk, 0
+            if pos == len(buf):
+                return
+            if len(buf) - pos < 12:
+                raise TFRecordError("truncated", index)
+            length, length_crc = header.unpack_from(buf, pos)
+            if masked_crc(buf[pos:pos + 8]) != length_crc:
+                raise TFRecordError("header", index)
+            end = pos + 12 + length + 4
+            while len(buf) < end and not eof:
+                chunk = source.read(max(_READ_CHUNK, end - len(buf)))
+                eof = not chunk
+                buf, end, pos = buf[pos:] + chunk, end - pos, 0
+            if len(buf) < end:
+                raise TFRecordError("truncated", index)
+            data = buf[pos + 12:end - 4]
+            if masked_crc(data) != footer.unpack_from(buf, end - 4)[0]:
+                raise TFRecordError("checksum", index)
+            pos = end
+            index += 1
+            yield data
+    except (OSError, EOFError, zlib.error) as e:
+        raise TFRecordError("gzip", index, str(e)) from None
+
+
+def frame_tfrecords(records: Iterable[bytes]) -> bytes:
+    """Records framed as TFRecord, concatenated (what a TFRecord file holds)."""
+    import struct
+
+    crc = struct.Struct("<I")
+    parts = []
+    for record in records:
+        length = struct.pack("<Q", len(record))
+        parts += (length, crc.pack(masked_crc(length)), record, crc.pack(masked_crc(record)))
+    return b"".join(parts)
+
+
+def write_tfrecords_gz(path: str, records: Iterable[bytes]) -> int:
     """Write records as a gzipped TFRecord file (without TensorFlow), local
     or remote; returns how many were written."""
     import gzip
-    import struct
+    import itertools
 
     count = 0
+    iterator = iter(records)
     with fs.open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw) as f:
-        for record in records:
-            length = struct.pack("<Q", len(record))
-            f.write(length + struct.pack("<I", masked_crc(length)) + record + struct.pack("<I", masked_crc(record)))
-            count += 1
+        while chunk := list(itertools.islice(iterator, 8192)):
+            f.write(frame_tfrecords(chunk))
+            count += len(chunk)
     return count
 
 
@@ -151,3 +237,40 @@ def parquet_to_tfrecords(split_dir: str) -> None:
             )
             write_tfrecords_gz(path[: -len(_EXT[PARQUET])] + _EXT[TFRECORDS_GZIP], records)
         fs.remove(path)
+
+
+# Rows per Parquet row group (and per TFRecord block) that beam_write_batches
+# expects its elements to have at most; smaller ones are fine.
+ROWS_PER_GROUP = 100_000
+
+
+def beam_write_batches(pcoll: Any, split_dir: str, schema: Any, fmt: str, *, label: str) -> Any:
+    """Write a PCollection of flat Arrow tables in `schema` (exactly) as the
+    data files of one split, `<split_dir>/data-NNNNN-of-NNNNN`
+    with `.parquet` (each element one row group) or `.gz` (gzipped TFRecord
+    of tf.Example), through Beam's file sinks: each bundle writes a file, and
+    an empty split still gets one (Parquet: with the schema)."""
+    import apache_beam as beam
+
+    prefix = fs.join(split_dir, "data")
+    if fmt == PARQUET:
+        return pcoll | f"{label}Parquet" >> beam.io.WriteToParquetBatched(
+            prefix, schema, codec="snappy", file_name_suffix=_EXT[PARQUET])
+    if fmt == TFRECORDS_GZIP:
+        from apache_beam.coders import BytesCoder
+        from apache_beam.io.filesystem import CompressionTypes
+
+        # One element is the framed records of a whole batch: Beam's text
+        # sink writes the bytes as they are (no newline), gzipped.
+        return (
+            pcoll
+            | f"{label}Frame" >> beam.Map(_framed_examples)
+            | f"{label}TFRecord" >> beam.io.WriteToText(
+                prefix, file_name_suffix=_EXT[TFRECORDS_GZIP], append_trailing_newlines=False,
+                coder=BytesCoder(), compression_type=CompressionTypes.GZIP)
+        )
+    raise ValueError(f"unknown examples file format {fmt!r}; expected {PARQUET!r} or {TFRECORDS_GZIP!r}")
+
+
+def _framed_examples(table: Any) -> bytes:
+    return b"".join(frame_tfrecords(encode_examples(b)) for b in table.to_batches() if b.num_rows)
