@@ -22,3 +22,13 @@ def load_example(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def node_states(output: str) -> dict[str, str]:
+    """Each node's final state from `conveyor run`'s progress lines."""
+    states = {}
+    for line in output.splitlines():
+        parts = line.split()
+        if line.startswith("  ") and len(parts) >= 2 and parts[1] in ("COMPLETE", "CACHED", "FAILED", "resolved"):
+            states[parts[0]] = parts[1]
+    return states

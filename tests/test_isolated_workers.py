@@ -25,7 +25,7 @@ import tempfile
 
 import pytest
 
-from tests.examples import REPO, example_dir
+from tests.examples import REPO, example_dir, node_states
 from tests.portable import PortableServices
 
 TAXI = example_dir("taxi")
@@ -82,15 +82,6 @@ def conveyor_run(env: dict[str, str], *beam_args: str, timeout: float = RUN_TIME
         [sys.executable, "-m", "conveyor.cli", "run", PIPELINE, *beam_args],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout,
     )
-
-
-def node_states(output: str) -> dict[str, str]:
-    states = {}
-    for line in output.splitlines():
-        parts = line.split()
-        if line.startswith("  ") and len(parts) >= 2 and parts[1] in ("COMPLETE", "CACHED", "FAILED", "resolved"):
-            states[parts[0]] = parts[1]
-    return states
 
 
 def test_workers_see_conveyor_but_not_the_hidden_dirs(services, user_dir, s3_server):

@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 
-from tests.examples import REPO, example_dir
+from tests.examples import REPO, example_dir, node_states
 
 TAXI = example_dir("taxi")
 PIPELINE = os.path.join(TAXI, "pipeline.py")
@@ -50,19 +50,10 @@ def s3_run(s3_server, tmp_path_factory):
             "metadata": str(base / "state" / "conveyor" / "taxi" / "metadata.sqlite")}
 
 
-def _states(output: str) -> dict[str, str]:
-    states = {}
-    for line in output.splitlines():
-        parts = line.split()
-        if line.startswith("  ") and len(parts) >= 2 and parts[1] in ("COMPLETE", "CACHED", "FAILED", "resolved"):
-            states[parts[0]] = parts[1]
-    return states
-
-
 def test_run_completes_with_metadata_in_the_state_dir(s3_run):
     first = s3_run["first"]
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    states = _states(first.stdout)
+    states = node_states(first.stdout)
     assert {k for k, s in states.items() if s == "COMPLETE"} == {
         "csv_example_gen", "statistics_gen", "schema_gen", "example_validator", "transform",
         "trainer", "evaluator", "pusher",
@@ -157,6 +148,6 @@ def test_lineage_names_the_s3_uris(s3_run):
 def test_second_run_is_fully_cached(s3_run):
     second = s3_run["conveyor"]("run", PIPELINE)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    states = _states(second.stdout)
+    states = node_states(second.stdout)
     executors = {k: s for k, s in states.items() if s != "resolved"}
     assert executors and set(executors.values()) == {"CACHED"}, second.stdout
