@@ -55,6 +55,7 @@ __all__ = [
     "publish",
     "fail",
     "remove_outputs",
+    "discard_partial",
     "owner",
     "owner_alive",
     "reconcile",
@@ -289,9 +290,32 @@ def scratch_dir(root: str, pipeline_name: str, component_id: str, execution_id: 
     store cost far more than local files."""
     runner = (_flag(beam_args, "runner") or "DirectRunner").lower()
     if fs.is_remote(root) and runner in ("directrunner", "direct"):
-        return os.path.join(tempfile.gettempdir(), "conveyor-scratch", pipeline_name, component_id,
-                            str(execution_id))
+        return _local_scratch(pipeline_name, component_id, execution_id)
+    return _shared_scratch(root, component_id, execution_id)
+
+
+def _local_scratch(pipeline_name: str, component_id: str, execution_id: int) -> str:
+    return os.path.join(tempfile.gettempdir(), "conveyor-scratch", pipeline_name, component_id, str(execution_id))
+
+
+def _shared_scratch(root: str, component_id: str, execution_id: int) -> str:
     return fs.join(root, component_id, ".temp", str(execution_id))
+
+
+def discard_partial(pipeline: Any, component_id: str, execution_id: int, params: dict[str, Any]) -> None:
+    """Remove what an execution that did not complete left behind: its
+    output folders, its scratch folder (wherever `scratch_dir` put it) and
+    its component's staging (a Pusher's half copy). `params` are the
+    execution's parameters as JSON."""
+    component = next((c for c in pipeline.components if c.id == component_id), None)
+    if component is not None:
+        outputs = [fs.join(pipeline.root, component_id, key, str(execution_id)) for key in component.outputs]
+        outputs += component.staging_paths(params, execution_id)
+    else:  # a node no longer in the pipeline: whatever folders it has
+        outputs = fs.glob(fs.join(pipeline.root, component_id, "*", str(execution_id)))
+    for path in (*outputs, _shared_scratch(pipeline.root, component_id, execution_id),
+                 _local_scratch(pipeline.name, component_id, execution_id)):
+        fs.rmtree(path)
 
 
 def _class_file(cls: type) -> str:
@@ -383,7 +407,6 @@ def reconcile(md: Metadata, pipeline: Any, pipeline_context: Any, echo: Callable
     Returns their ids. Executions of live processes (another run going on)
     and of other hosts are left alone."""
     pb = mdstore._pb()
-    by_id = {c.id: c for c in pipeline.components}
     abandoned = []
     for e in md.executions(pipeline_context.id):
         if e.last_known_state != pb.Execution.RUNNING:
@@ -393,15 +416,8 @@ def reconcile(md: Metadata, pipeline: Any, pipeline_context: Any, echo: Callable
         if owner_alive(who) is not False:
             continue
         component_id = e.custom_properties[mdstore.COMPONENT_ID].string_value
-        for path in fs.glob(fs.join(pipeline.root, component_id, "*", str(e.id))):
-            fs.rmtree(path)
-        fs.rmtree(fs.join(pipeline.root, component_id, ".temp", str(e.id)))
-        fs.rmtree(os.path.join(tempfile.gettempdir(), "conveyor-scratch", pipeline.name, component_id, str(e.id)))
-        component = by_id.get(component_id)
-        if component is not None:
-            params = {k: _json_value(v) for k, v in e.custom_properties.items()}
-            for path in component.staging_paths(params, e.id):
-                fs.rmtree(path)
+        params = {k: _parsed(v) for k, v in md.properties_of(e).items()}
+        discard_partial(pipeline, component_id, e.id, params)
         md.finish_execution(
             e.id, md.contexts_of(e.id), {}, state="FAILED",
             properties={mdstore.ERROR: f"abandoned by a process that died ({who or 'owner not recorded'})"},
@@ -411,15 +427,14 @@ def reconcile(md: Metadata, pipeline: Any, pipeline_context: Any, echo: Callable
     return abandoned
 
 
-def _json_value(value: Any) -> Any:
-    which = value.WhichOneof("value")
-    raw = getattr(value, which) if which else None
-    if isinstance(raw, str):
+def _parsed(value: Any) -> Any:
+    """A recorded parameter as JSON data (structured ones are stored as JSON text)."""
+    if isinstance(value, str):
         try:
-            return json.loads(raw)
+            return json.loads(value)
         except ValueError:
-            return raw
-    return raw
+            return value
+    return value
 
 
 # -- after the executor ---------------------------------------------------------------
@@ -438,11 +453,9 @@ def publish(md: Metadata, execution_id: int, contexts: Sequence[Any],
     return outputs
 
 
-def fail(md: Metadata, execution_id: int, contexts: Sequence[Any], message: str,
-         outputs: dict[str, list[Artifact]] | None = None) -> None:
-    """Record a failed execution with its error; what it wrote goes."""
-    if outputs:
-        remove_outputs(outputs)
+def fail(md: Metadata, execution_id: int, contexts: Sequence[Any], message: str) -> None:
+    """Record a failed execution with its error (what it wrote goes with
+    `remove_outputs` or `discard_partial`)."""
     md.fail_execution(execution_id, contexts, message)
 
 

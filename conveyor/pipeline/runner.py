@@ -179,10 +179,7 @@ class LocalRunner:
                 if execution.last_known_state != mdstore._pb().Execution.RUNNING:
                     continue
                 component = by_id[execution.custom_properties[mdstore.COMPONENT_ID].string_value]
-                for key in component.outputs:
-                    fs.rmtree(fs.join(pipeline.root, component.id, key, str(execution.id)))
-                for path in component.staging_paths(to_jsonable(component.params), execution.id):
-                    fs.rmtree(path)
+                driver.discard_partial(pipeline, component.id, execution.id, to_jsonable(component.params))
                 md.finish_execution(
                     execution.id, [pipeline_ctx, run_ctx], {}, state="CANCELED",
                     properties={mdstore.ERROR: f"run stopped: {type(e).__name__}: {e}"},
