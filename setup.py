@@ -26,6 +26,6 @@ setup(
         "numpy",
         "pandas",
     ],
-    extras_require={"test": ["pytest", "ruff"]},
+    extras_require={"test": ["pytest", "ruff", "playwright"]},
     entry_points={"console_scripts": ["conveyor=conveyor.cli:entry"]},
 )

@@ -4,6 +4,7 @@ data, back to back in this one invocation; then each one's fully cached re-run.
     .venv/bin/python bench/e2e.py               # examples/taxi/data (15,002 rows), 1,000 train / 150 eval steps
     .venv/bin/python bench/e2e.py --train-steps 100 --eval-steps 20
     .venv/bin/python bench/e2e.py --beam-arg=--direct_num_workers=2      # Beam flags for Conveyor
+    .venv/bin/python bench/e2e.py --no-peer --launcher thread            # `conveyor run --launcher thread`
     .venv/bin/python bench/e2e.py --tfx-beam-arg=--direct_running_mode=multi_processing \\
         --tfx-beam-arg=--direct_num_workers=2                             # ... and for TFX
 
@@ -73,7 +74,7 @@ def _fail(what: str, measured: Measured, stderr_path: str) -> None:
 
 
 def run_conveyor(data_root: str, root: str, train_steps: int, eval_steps: int, beam_args: list[str],
-                 stderr_path: str, extra_env: dict[str, str] | None = None) -> Run:
+                 stderr_path: str, extra_env: dict[str, str] | None = None, launcher: str | None = None) -> Run:
     env = dict(os.environ)
     env.update(
         CONVEYOR_TAXI_ROOT=root,
@@ -83,7 +84,9 @@ def run_conveyor(data_root: str, root: str, train_steps: int, eval_steps: int, b
         **(extra_env or {}),
     )
     # The example itself, as a user runs it, on the data named above.
-    measured = measure([*CONVEYOR, EXAMPLE_PIPELINE, *(f"--beam-arg={a}" for a in beam_args)],
+    # No --launcher: the CLI's default, as a user runs it.
+    launch = ["--launcher", launcher] if launcher else []
+    measured = measure([*CONVEYOR, EXAMPLE_PIPELINE, *launch, *(f"--beam-arg={a}" for a in beam_args)],
                        stderr_path=stderr_path, env=env, cwd=REPO)
     if measured.code != 0:
         _fail("Conveyor's taxi pipeline", measured, stderr_path)
@@ -151,7 +154,7 @@ def print_runs(title: str, ours: Run, theirs: Run | None) -> None:
 
 def compare_taxi(*, data_root: str, rows_note: str, train_steps: int, eval_steps: int, beam_args: list[str],
                  tfx_beam_args: list[str], cached_rerun: bool, work_dir: str, keep: bool,
-                 with_peer: bool = True) -> dict[str, Any]:
+                 with_peer: bool = True, launcher: str | None = None) -> dict[str, Any]:
     """Run the taxi pipeline with Conveyor, then with TFX (and, with
     `cached_rerun`, each again on its root), print both side by side and
     return the runs. Targets are the caller's to judge."""
@@ -159,7 +162,7 @@ def compare_taxi(*, data_root: str, rows_note: str, train_steps: int, eval_steps
     python = tfx_python() if with_peer else None
     print(f"taxi pipeline on {rows_note}, {train_steps:,} training / {eval_steps:,} eval steps; "
           f"{os.cpu_count()} cores, load average {load_average()}")
-    print(f"  Conveyor: {' '.join(CONVEYOR)}; Beam args "
+    print(f"  Conveyor: {' '.join(CONVEYOR)}{' --launcher ' + launcher if launcher else ''}; Beam args "
           f"{beam_args or '(none: DirectRunner defaults)'}")
     if python:
         print(f"  TFX 1.16.0: {python} bench/peers/tfx_taxi.py (LocalDagRunner); Beam args {tfx_beam_args or '(none)'}")
@@ -173,7 +176,7 @@ def compare_taxi(*, data_root: str, rows_note: str, train_steps: int, eval_steps
         for p in passes:
             print(f"running Conveyor ({p} run) ...", flush=True)
             runs[f"conveyor_{p}"] = run_conveyor(data_root, root, train_steps, eval_steps, beam_args,
-                                                 os.path.join(work_dir, f"conveyor-{p}.stderr"))
+                                                 os.path.join(work_dir, f"conveyor-{p}.stderr"), launcher=launcher)
             print(f"  {runs[f'conveyor_{p}'].m.wall_s:.1f} s", flush=True)
         if python:
             for p in passes:
@@ -208,6 +211,8 @@ def main() -> int:
     parser.add_argument("--tfx-beam-arg", action="append", default=None, dest="tfx_beam_args",
                         help=f"a Beam flag for TFX's pipeline (repeatable; default {' '.join(TFX_BEAM_ARGS)})")
     parser.add_argument("--no-peer", action="store_true", help="measure Conveyor only")
+    parser.add_argument("--launcher", choices=["thread", "process"],
+                        help="conveyor run --launcher (default: the CLI's own default)")
     parser.add_argument("--work-dir", default=os.path.join(BENCH_DIR, "e2e"),
                         help="pipeline roots and stderr logs go here")
     parser.add_argument("--keep", action="store_true", help="keep both pipeline roots")
@@ -222,6 +227,7 @@ def main() -> int:
         train_steps=args.train_steps, eval_steps=args.eval_steps, beam_args=args.beam_args,
         tfx_beam_args=TFX_BEAM_ARGS if args.tfx_beam_args is None else args.tfx_beam_args,
         cached_rerun=True, work_dir=args.work_dir, keep=args.keep, with_peer=not args.no_peer,
+        launcher=args.launcher,
     )
     print()
     print(ratio_line("first run, whole-process wall", runs["conveyor_first"].m.wall_s, _wall(runs, "tfx_first"),
@@ -233,7 +239,7 @@ def main() -> int:
                      _wall(runs, "tfx_cached"), f"<= {TARGET_CACHED:.2f}x", lambda r: r <= TARGET_CACHED))
     if args.s3:
         s3_run = run_on_s3(os.path.abspath(args.data_root), args.train_steps, args.eval_steps, args.beam_args,
-                           args.work_dir)
+                           args.work_dir, launcher=args.launcher)
         print_runs("first run with root and data on s3:// (moto on loopback)", s3_run, None)
         print(ratio_line("s3:// run / local run, whole-process wall", s3_run.m.wall_s,
                          runs["conveyor_first"].m.wall_s, f"<= {TARGET_S3:.1f}x", lambda r: r <= TARGET_S3,
@@ -242,7 +248,8 @@ def main() -> int:
     return 0
 
 
-def run_on_s3(data_root: str, train_steps: int, eval_steps: int, beam_args: list[str], work_dir: str) -> Run:
+def run_on_s3(data_root: str, train_steps: int, eval_steps: int, beam_args: list[str], work_dir: str,
+              launcher: str | None = None) -> Run:
     """Conveyor's taxi pipeline with its root and input on a local S3 server
     (the tests' moto fixture), its metadata in a scratch state dir."""
     sys.path.insert(0, REPO)
@@ -256,7 +263,8 @@ def run_on_s3(data_root: str, train_steps: int, eval_steps: int, beam_args: list
             print(f"running Conveyor on s3:// ({s3.endpoint}) ...", flush=True)
             run = run_conveyor(f"{bucket}/data", f"{bucket}/taxi", train_steps, eval_steps, beam_args,
                                os.path.join(work_dir, "conveyor-s3.stderr"),
-                               extra_env={**s3.env, "XDG_STATE_HOME": os.path.join(scratch, "state")})
+                               extra_env={**s3.env, "XDG_STATE_HOME": os.path.join(scratch, "state")},
+                               launcher=launcher)
             print(f"  {run.m.wall_s:.1f} s", flush=True)
             return run
     finally:

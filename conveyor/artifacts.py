@@ -1,7 +1,8 @@
 """Artifact types: what flows between components.
 
-Each type keeps TFX's name and properties, so an MLMD store written by Conveyor
-reads like one written by TFX. Each class documents the files under its URI.
+Each type keeps TFX's name, base type, properties and the custom properties
+TFX's readers look for, so an MLMD store written by Conveyor reads like one
+written by TFX (1.16). Each class documents the files under its URI.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "ModelBlessing",
     "PushedModel",
     "ARTIFACT_TYPES",
+    "TFX_PAYLOAD_VERSION",
     "artifact_type",
     "split_uri",
 ]
@@ -32,16 +34,27 @@ __all__ = [
 # Property kinds MLMD can hold.
 INT, STRING, DOUBLE = int, str, float
 
+# The TFX release whose file layout Conveyor's artifacts follow (`Split-<name>`,
+# `Format-Serving`, `FeatureStats.pb`, ...). Recorded as the custom property
+# `tfx_version`: TFX's readers take an artifact without it for the pre-0.29
+# layout and look for its files in the wrong places.
+TFX_PAYLOAD_VERSION = "1.16.0"
+
 
 class Artifact:
     """A typed file or directory under `uri`, recorded in MLMD.
 
     `properties` are the typed fields of the type (declared in PROPERTIES);
-    `custom_properties` are free-form extras.
+    `custom_properties` are free-form extras. CUSTOM_PROPERTIES declares the
+    custom properties TFX writes (and its readers look for) on this type, with
+    their kinds: `set` puts those among the custom properties, as TFX does.
+    BASE_TYPE is the type's MLMD base type (ArtifactType.SystemDefinedBaseType).
     """
 
     TYPE_NAME: ClassVar[str] = "Artifact"
+    BASE_TYPE: ClassVar[str | None] = None
     PROPERTIES: ClassVar[dict[str, type]] = {}
+    CUSTOM_PROPERTIES: ClassVar[dict[str, type]] = {}
 
     def __init__(
         self,
@@ -59,12 +72,19 @@ class Artifact:
             self.set(key, value)
 
     def set(self, key: str, value: Any) -> None:
-        if key not in self.PROPERTIES:
+        """Set a declared field where TFX records it: a custom property when
+        CUSTOM_PROPERTIES names it, a property otherwise; both when the type
+        declares it as a property but TFX's readers look among the custom
+        properties (Examples' `span` and `version`)."""
+        if key not in self.PROPERTIES and key not in self.CUSTOM_PROPERTIES:
             raise KeyError(
                 f"{self.TYPE_NAME} has no property {key!r}; its properties are "
-                f"{sorted(self.PROPERTIES)}. Use custom_properties for extras."
+                f"{sorted({**self.PROPERTIES, **self.CUSTOM_PROPERTIES})}. Use custom_properties for extras."
             )
-        self.properties[key] = self.PROPERTIES[key](value)
+        if key in self.CUSTOM_PROPERTIES:
+            self.custom_properties[key] = self.CUSTOM_PROPERTIES[key](value)
+        if key in self.PROPERTIES:
+            self.properties[key] = self.PROPERTIES[key](value)
 
     def get(self, key: str, default: Any = None) -> Any:
         if key in self.properties:
@@ -120,10 +140,14 @@ class Examples(_SplitsMixin, Artifact):
     Files: `Split-<name>/data-NNNNN-of-NNNNN.<ext>`. The custom property
     `file_format` says which: `parquet` (the default, fastest to decode) or
     `tfrecords_gzip` (gzipped TFRecord of tf.Example, for interoperability).
+    `span` and `version` are custom properties too (TFX's ExampleGen writes
+    them there and its span resolvers read them there), and properties.
     """
 
     TYPE_NAME = "Examples"
+    BASE_TYPE = "DATASET"
     PROPERTIES = {"span": INT, "version": INT, "split_names": STRING}
+    CUSTOM_PROPERTIES = {"span": INT, "version": INT}
 
 
 class ExampleStatistics(_SplitsMixin, Artifact):
@@ -131,6 +155,7 @@ class ExampleStatistics(_SplitsMixin, Artifact):
     (a binary DatasetFeatureStatisticsList)."""
 
     TYPE_NAME = "ExampleStatistics"
+    BASE_TYPE = "STATISTICS"
     PROPERTIES = {"span": INT, "split_names": STRING}
 
 
@@ -168,6 +193,7 @@ class Model(Artifact):
     serialized tf.Example rows, the Transform graph included)."""
 
     TYPE_NAME = "Model"
+    BASE_TYPE = "MODEL"
 
 
 class ModelRun(Artifact):
@@ -187,20 +213,29 @@ class ModelEvaluation(Artifact):
 
 class ModelBlessing(Artifact):
     """The Evaluator's verdict. Files: an empty `BLESSED` or `NOT_BLESSED`.
-    Property `blessed` is 1 or 0; custom properties `current_model_id` and
-    `baseline_model_id` name the models compared."""
+    Custom properties, as TFX's: `blessed` 1 or 0; `current_model_id` /
+    `current_model` and `baseline_model_id` / `baseline_model` (id and URI)
+    name the models compared."""
 
     TYPE_NAME = "ModelBlessing"
-    PROPERTIES = {"blessed": INT}
+    CUSTOM_PROPERTIES = {
+        "blessed": INT,
+        "current_model_id": INT,
+        "current_model": STRING,
+        "baseline_model_id": INT,
+        "baseline_model": STRING,
+    }
 
 
 class PushedModel(Artifact):
     """A model pushed to serving. The URI holds nothing; the model itself is at
-    `pushed_destination` (`<base_directory>/<pushed_version>/`). Property
-    `pushed` is 1 when the model was pushed, 0 when it was not blessed."""
+    `pushed_destination` (`<base_directory>/<pushed_version>/`). Custom
+    property `pushed` (as TFX's) is 1 when the model was pushed, 0 when it was
+    not blessed."""
 
     TYPE_NAME = "PushedModel"
-    PROPERTIES = {"pushed": INT, "pushed_destination": STRING, "pushed_version": STRING}
+    BASE_TYPE = "MODEL"
+    CUSTOM_PROPERTIES = {"pushed": INT, "pushed_destination": STRING, "pushed_version": STRING}
 
 
 def artifact_type(name: str) -> type[Artifact]:

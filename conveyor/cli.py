@@ -2,8 +2,29 @@
 
     conveyor run PIPELINE.py [--no-cache] [--metadata PATH] [--launcher thread|process] [BEAM FLAGS ...]
     conveyor compile PIPELINE.py
-    conveyor lineage PIPELINE.py [--artifact ID]
-    conveyor runs PIPELINE.py [--last N]
+
+Asking the store questions (see conveyor.lineage); each takes the store as
+`--store PATH_OR_URI` (a SQLite file or its folder, mysql://, postgresql://)
+or a pipeline file first, prints text, or JSON with --json:
+
+    conveyor runs [PIPELINE.py] [--last N]
+    conveyor show [PIPELINE.py] RUN|ARTIFACT
+    conveyor lineage [PIPELINE.py] [ARTIFACT|URI|SERVED_PATH] [--up|--down] [--format text|json|dot]
+    conveyor diff [PIPELINE.py] RUN RUN
+    conveyor why [PIPELINE.py] RUN NODE
+    conveyor logs [PIPELINE.py] RUN NODE
+
+RUN is a run id, a unique prefix of one, `latest`, `previous` or `latest~N`;
+ARTIFACT an artifact id. Exit codes: 0 answered, 1 not found (no store, run,
+node, artifact or log), 2 usage error.
+
+    conveyor ui [PIPELINE.py] [--store PATH_OR_URI] [--port 8080]
+    conveyor report [PIPELINE.py] [RUN] -o report.html
+
+`ui` serves a read-only site on 127.0.0.1 (runs, DAGs, artifacts,
+lineage, diffs; see conveyor.ui.server); `report` writes one run as a
+self-contained HTML file that opens offline.
+
     conveyor schema show SCHEMA.pbtxt
     conveyor schema diff A.pbtxt B.pbtxt
 
@@ -19,10 +40,12 @@ import signal
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from conveyor import fs
 from conveyor.errors import ConveyorError, PipelineDefinitionError
-from conveyor.metadata.config import check_metadata, is_database_uri
+from conveyor.lineage import LineageNotFoundError
+from conveyor.metadata.config import check_metadata
 from conveyor.pipeline.dsl import Pipeline
 
 __all__ = ["main", "entry", "load_pipeline"]
@@ -55,14 +78,6 @@ def _pipeline(args: argparse.Namespace) -> Pipeline:
     if getattr(args, "metadata", None):
         pipeline.metadata = check_metadata(args.metadata, "--metadata")
     return pipeline
-
-
-def _no_store(pipeline: Pipeline) -> bool:
-    """True (with a message) when the pipeline's SQLite store does not exist yet."""
-    if is_database_uri(pipeline.metadata) or os.path.exists(pipeline.metadata):
-        return False
-    print(f"no metadata store at {pipeline.metadata}: run the pipeline first", file=sys.stderr)
-    return True
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -106,35 +121,171 @@ def _compile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lineage(args: argparse.Namespace) -> int:
-    from conveyor.artifacts import PushedModel
-    from conveyor.metadata.lineage import format_lineage, upstream
-    from conveyor.metadata.store import Metadata
+class _Usage(Exception):
+    """A command line that does not say what to query (exit code 2)."""
 
-    pipeline = _pipeline(args)
-    if _no_store(pipeline):
-        return 1
-    md = Metadata(pipeline.metadata)
-    if args.artifact is not None:
-        artifact_id = args.artifact
-    else:
-        pushed = [a for a in md.artifacts_of_type(PushedModel) if a.get("pushed") == 1]
-        if not pushed:
-            print("no model has been pushed yet", file=sys.stderr)
-            return 1
-        artifact_id = max(a.id or 0 for a in pushed)
-    print(format_lineage(upstream(md, artifact_id)))
-    return 0
+
+def _query(args: argparse.Namespace, counts: Sequence[int], what: str) -> tuple[Any, str | None, list[str]]:
+    """(the store, the pipeline name to keep to, the positional arguments)
+    of a query command: the store from --store, or from the pipeline file
+    given first (its name then scopes `latest` and the served model)."""
+    from conveyor import lineage
+
+    targets = list(args.targets)
+    pipeline_name = args.pipeline
+    spec = args.store
+    if targets and targets[0].endswith(".py"):
+        pipeline = load_pipeline(targets.pop(0))
+        spec = spec or pipeline.metadata
+        pipeline_name = pipeline_name or pipeline.name
+    if len(targets) not in counts:
+        raise _Usage(f"expected {what}, got {len(targets)} argument(s): {' '.join(targets) or '(none)'}")
+    if not spec:
+        raise _Usage(
+            "which metadata store? Give --store PATH_OR_URI (a metadata.sqlite, its folder, or a mysql:// or "
+            "postgresql:// URI) or the pipeline file first."
+        )
+    return lineage.open_store(check_metadata(spec, "--store")), pipeline_name, targets
+
+
+def _print_json(obj: object) -> None:
+    from conveyor import lineage
+
+    print(lineage.to_json(obj))
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from conveyor.metadata.lineage import run_history
-    from conveyor.metadata.store import Metadata
+    from conveyor import lineage
 
-    pipeline = _pipeline(args)
-    if _no_store(pipeline):
+    store, pipeline, _ = _query(args, (0,), "no argument but the pipeline file")
+    found = lineage.runs(store, pipeline, last=args.last)
+    if args.json:
+        _print_json(found)
+    else:
+        print(lineage.format_runs(found, pipeline))
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from conveyor import lineage
+
+    store, pipeline, [target] = _query(args, (1,), "RUN or ARTIFACT")
+    if not target.isdigit():  # a number is an artifact id; anything else a run first, then a URI
+        try:
+            found = lineage.run(store, target, pipeline)
+        except LineageNotFoundError as not_a_run:
+            try:
+                return _show_artifact(store, target, args.json)
+            except LineageNotFoundError:
+                raise LineageNotFoundError(f"{target!r} is neither a run nor an artifact: {not_a_run}") from None
+        if args.json:
+            _print_json(found)
+            return 0
+        print(lineage.format_run(found))
+        ids = sorted({a for n in found.nodes for ids in n.outputs.values() for a in ids})
+        arts = {a.id: a for a in lineage.artifacts(store, ids)}
+        for n in found.nodes:
+            for key, out in sorted(n.outputs.items()):
+                for a in out:
+                    if a in arts:
+                        print(f"    {n.node}.{key}: {lineage.format_artifact_line(arts[a])}")
+        return 0
+    return _show_artifact(store, target, args.json)
+
+
+def _show_artifact(store: Any, target: str, as_json: bool) -> int:
+    from conveyor import lineage
+
+    art = lineage.artifact(store, target)
+    producer = lineage.producer(store, art)
+    used_by = lineage.consumers(store, art)
+    if as_json:
+        _print_json({"artifact": art, "producer": producer, "consumers": used_by})
+    else:
+        print(lineage.format_artifact(art, producer, used_by))
+    return 0
+
+
+def _lineage(args: argparse.Namespace) -> int:
+    from conveyor import lineage
+
+    store, pipeline, targets = _query(args, (0, 1), "at most one ARTIFACT, URI or SERVED_PATH")
+    if args.artifact is not None and targets:
+        raise _Usage("give the artifact either as an argument or with --artifact, not both")
+    if args.artifact is not None:
+        target = lineage.artifact(store, args.artifact)
+    elif targets:
+        target = lineage.artifact(store, targets[0])
+    else:
+        target = lineage.served_model(store, pipeline=pipeline)
+    graph = lineage.provenance(store, target, "down" if args.down else "up")
+    fmt = "json" if args.json else args.format
+    if fmt == "json":
+        _print_json(graph)
+    elif fmt == "dot":
+        print(lineage.provenance_dot(graph))
+    else:
+        print(lineage.format_provenance(graph))
+    return 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from conveyor import lineage
+
+    store, pipeline, [run_a, run_b] = _query(args, (2,), "two runs: RUN_A RUN_B")
+    found = lineage.diff(store, run_a, run_b, pipeline)
+    if args.json:
+        _print_json(found)
+    else:
+        print(lineage.format_diff(found))
+    return 0
+
+
+def _why(args: argparse.Namespace) -> int:
+    from conveyor import lineage
+
+    store, pipeline, [run_id, node] = _query(args, (2,), "RUN NODE")
+    found = lineage.why(store, run_id, node, pipeline)
+    if args.json:
+        _print_json(found)
+    else:
+        print(lineage.format_why(found))
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from conveyor import lineage
+
+    store, pipeline, [run_id, node] = _query(args, (2,), "RUN NODE")
+    found = lineage.logs(store, run_id, node, pipeline)
+    if args.json:
+        _print_json(found)
+        return 0 if found.local_path else 1
+    if found.local_path is None:
+        print(found.message, file=sys.stderr)
         return 1
-    print(run_history(Metadata(pipeline.metadata), pipeline.name, args.last))
+    with open(found.local_path, encoding="utf-8", errors="replace") as f:
+        sys.stdout.write(f.read())
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from conveyor.ui.server import serve
+
+    store, _, _ = _query(args, (0,), "no argument but the pipeline file")
+
+    def echo(line: str) -> None:
+        print(line, flush=True)  # a script waits for this line to learn the port
+
+    serve(store, args.port, echo=echo)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from conveyor.ui.report import write_report
+
+    store, pipeline, targets = _query(args, (0, 1), "[RUN]")
+    print(write_report(store, targets[0] if targets else "latest", args.output, pipeline=pipeline))
     return 0
 
 
@@ -160,6 +311,24 @@ def _metadata_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _query_parser(sub: Any, name: str, func: Any, help_text: str, targets: str) -> argparse.ArgumentParser:
+    """A query command: optional pipeline file, its own arguments, --store, --pipeline, --json."""
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    parser.add_argument(
+        "targets", nargs="*", metavar="ARG",
+        help="[PIPELINE.py] " + targets if targets else "[PIPELINE.py]: read its metadata store, keep to its runs",
+    )
+    parser.add_argument(
+        "--store", "--metadata", dest="store", metavar="PATH_OR_URI",
+        help="the metadata store: a SQLite file or the folder holding metadata.sqlite, or a mysql:// or "
+             "postgresql:// URI (default: the pipeline file's)",
+    )
+    parser.add_argument("--pipeline", metavar="NAME", help="keep to the runs of this pipeline")
+    parser.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    parser.set_defaults(func=func)
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _quiet_libraries()
     parser = argparse.ArgumentParser(prog="conveyor", description="TFX-style ML pipelines on Beam and MLMD")
@@ -177,8 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--workers", type=int, default=4, help="components run at the same time (default 4)")
     run.add_argument(
         "--launcher", choices=["thread", "process"], default="thread",
-        help="run each component in a thread of this process (default) or in a child process "
-             "through python -m conveyor.launch",
+        help="run each component in a thread of this process (default) or in a child process of its own "
+             "through python -m conveyor.launch (isolated; started ahead, with the ML stack imported)",
     )
     _metadata_flag(run)
     run.set_defaults(func=_run)
@@ -187,17 +356,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     comp.add_argument("pipeline")
     comp.set_defaults(func=_compile)
 
-    lin = sub.add_parser("lineage", help="what produced an artifact (default: the last pushed model)")
-    lin.add_argument("pipeline")
-    lin.add_argument("--artifact", type=int, help="an MLMD artifact id")
-    _metadata_flag(lin)
-    lin.set_defaults(func=_lineage)
+    runs = _query_parser(sub, "runs", _runs, "the last runs: each node's state, time, re-run reason, error", "")
+    runs.add_argument("--last", type=int, default=5, help="how many runs, newest first (default 5)")
 
-    runs = sub.add_parser("runs", help="the last runs: each node's state, time, re-run reason, error")
-    runs.add_argument("pipeline")
-    runs.add_argument("--last", type=int, default=5, help="how many runs (default 5)")
-    _metadata_flag(runs)
-    runs.set_defaults(func=_runs)
+    _query_parser(sub, "show", _show, "a run (its nodes and outputs) or an artifact (producer, consumers)",
+                  "RUN or ARTIFACT: a run id or shortcut, or an artifact id, URI or path")
+
+    lin = _query_parser(sub, "lineage", _lineage, "what produced an artifact, or what was made from it "
+                        "(default: the model being served)", "ARTIFACT: an artifact id, URI, copied path or a "
+                        "served model's path (default: the latest pushed model)")
+    lin.add_argument("--artifact", type=int, help="an MLMD artifact id")
+    direction = lin.add_mutually_exclusive_group()
+    direction.add_argument("--up", action="store_true", help="what it was made from, to the source files (default)")
+    direction.add_argument("--down", action="store_true", help="what was made from it")
+    lin.add_argument("--format", choices=["text", "json", "dot"], default="text",
+                     help="text (default), json, or Graphviz dot")
+
+    _query_parser(sub, "diff", _diff, "what changed between two runs: nodes re-run and why, parameters, code, "
+                  "data, schema, metrics", "RUN_A RUN_B")
+    _query_parser(sub, "why", _why, "why a node of a run came, or did not come, from the cache", "RUN NODE")
+    _query_parser(sub, "logs", _logs, "the log recorded for a node of a run", "RUN NODE")
+
+    ui = _query_parser(sub, "ui", _ui, "serve a read-only web UI of the store on 127.0.0.1", "")
+    ui.add_argument("--port", type=int, default=8080, help="the port (default 8080; 0: any free port)")
+    report = _query_parser(sub, "report", _report, "write one run as a self-contained HTML file",
+                           "RUN (default: the latest run)")
+    report.add_argument("-o", "--output", required=True, metavar="FILE", help="the HTML file to write")
 
     schema = sub.add_parser("schema", help="show or diff schema.pbtxt files")
     schema_sub = schema.add_subparsers(dest="schema_command", required=True)
@@ -217,6 +401,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.beam_arg = list(args.beam_arg) + unknown
     try:
         return args.func(args)
+    except _Usage as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # The reader (`| head`) stopped reading: not an error of the query.
+        sys.stdout = open(os.devnull, "w")  # so the flush at exit does not fail again
+        return 0
+    except LineageNotFoundError as e:
+        print(f"not found: {e}", file=sys.stderr)
+        return 1
     except ConveyorError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

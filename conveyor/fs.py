@@ -50,6 +50,7 @@ __all__ = [
     "dirname",
     "basename",
     "relpath",
+    "realpath",
     "exists",
     "isfile",
     "isdir",
@@ -157,6 +158,12 @@ def relpath(path: str, start: str) -> str:
     if is_remote(path):
         return posixpath.relpath(path.split("://", 1)[1], start.split("://", 1)[1])
     return os.path.relpath(_local(path), _local(start))
+
+
+def realpath(path: str) -> str:
+    """The path with symlinks resolved (local), or normalised (object stores
+    have no links): what a containment check must compare."""
+    return abspath(path) if is_remote(path) else os.path.realpath(_local(path))
 
 
 # ---------------------------------------------------------------------------

@@ -15,25 +15,36 @@ alone can use it.
 The result goes to `--result` (a local path or an object-store URI), else
 to stdout. Exit code 0 when the executor succeeded, 1 when it failed, 2 when
 the invocation itself cannot be read.
+
+    python -m conveyor.launch --serve [--warm]
+
+is the same for a process started before its node is known (LocalRunner's
+launcher processes): it reads one request, a JSON line
+`{"invocation": PATH, "result": PATH}`, from stdin, runs it and exits; at
+end of input without a request it exits 0. With `--warm` it first imports
+the stack the standard components use (`WARM_MODULES`: TensorFlow with Keras
+2, TFDV, tf.Transform, TFMA, Beam, pyarrow; never user code), which takes
+seconds, while it waits. Each process runs one invocation, so nothing of
+one node (TF state, modules, sys.path) reaches another.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import importlib
-import importlib.util
 import json
 import os
 import sys
 import threading
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from conveyor import fs
 from conveyor.artifacts import Artifact
-from conveyor.components.base import ExecutionContext, use_keras_2
+from conveyor.components.base import ExecutionContext, import_user_file, use_keras_2
 from conveyor.errors import ConveyorError
 
 __all__ = [
@@ -46,7 +57,25 @@ __all__ = [
     "artifacts_to_json",
     "artifacts_from_json",
     "main",
+    "warm_up",
+    "WARM_MODULES",
 ]
+
+# What `--serve --warm` imports before its request comes: what the standard
+# components' executors import, so a node pays none of it. User code is
+# never among them.
+WARM_MODULES = (
+    "pyarrow", "pyarrow.compute", "pyarrow.csv", "pyarrow.parquet",
+    "tensorflow", "tf_keras", "apache_beam", "apache_beam.runners.direct.direct_runner",
+    "tensorflow_data_validation", "tensorflow_transform", "tensorflow_transform.beam", "tfx_bsl.public.tfxio",
+    "tensorflow_model_analysis",
+    "conveyor.components.example_gen", "conveyor.components.statistics_gen", "conveyor.components.schema_gen",
+    "conveyor.components.example_validator", "conveyor.components.transform", "conveyor.components.trainer",
+    "conveyor.components.evaluator", "conveyor.components.pusher",
+)
+# One thread at a time resolves a component class from its file, so none
+# sees a module another is still executing.
+_CLASS_LOCK = threading.Lock()
 
 
 @dataclasses.dataclass
@@ -120,23 +149,17 @@ def component_class(invocation: Invocation) -> type:
     """The component class an invocation names, imported by module name, or
     loaded from `code_file` when the module is not importable here."""
     module_name, _, qualname = invocation.component_class.partition(":")
-    module = sys.modules.get(module_name)
-    if module is None:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            if not invocation.code_file:
-                raise
-            spec = importlib.util.spec_from_file_location(module_name, invocation.code_file)
-            assert spec and spec.loader
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[module_name] = module
-            # The file may import its siblings, as when the CLI loaded it.
-            sys.path.insert(0, os.path.dirname(os.path.abspath(invocation.code_file)))
+    with _CLASS_LOCK:
+        module = sys.modules.get(module_name)
+        if module is None:
             try:
-                spec.loader.exec_module(module)
-            finally:
-                sys.path.pop(0)
+                module = importlib.import_module(module_name)
+            except ImportError:
+                if not invocation.code_file:
+                    raise
+                # It may import its siblings, as when the CLI loaded it: they
+                # are found beside it without adding to sys.path.
+                module = import_user_file(module_name, invocation.code_file)
     obj: Any = module
     for part in qualname.split("."):
         obj = getattr(obj, part)
@@ -199,15 +222,114 @@ def failure(component_id: str, error: BaseException) -> InvocationResult:
     return InvocationResult(error=describe_error(component_id, error), transient=not isinstance(error, ConveyorError))
 
 
+def warm_up(modules: Sequence[str] = WARM_MODULES, stop: threading.Event | None = None) -> None:
+    """Import the stack before a node is known (`--serve --warm`): Keras 2
+    first, as `execute` would; a module not installed is skipped (the
+    executor that needs it reports it). Stops between modules once `stop`
+    is set."""
+    use_keras_2()
+    for name in modules:
+        if stop is not None and stop.is_set():
+            return
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+
+class _WarmUp:
+    """`warm_up` in a thread of the lowest priority, so a process waiting
+    for its node takes only CPU time the running nodes leave idle. The
+    priority is the thread's own (Linux keeps one per thread): the node
+    runs in the main thread at normal priority, and the threads it starts
+    inherit that. pyarrow, whose import starts threads that work later, is
+    imported first, by the main thread; the rest of the stack starts none
+    that do."""
+
+    def __init__(self) -> None:
+        import pyarrow  # noqa: F401 - its threads start now, at normal priority
+
+        self._stop = threading.Event()
+        self._tid: int | None = None
+        self._thread = threading.Thread(target=self._run, name="conveyor-warm-up", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self._tid = threading.get_native_id()
+        self._renice(19)
+        warm_up(stop=self._stop)
+
+    def _renice(self, value: int) -> None:
+        if sys.platform.startswith("linux") and self._tid is not None:
+            try:
+                os.setpriority(os.PRIO_PROCESS, self._tid, value)
+            except OSError:
+                pass  # raising a priority needs CAP_SYS_NICE: it goes on as it was
+
+    def stop(self) -> None:
+        """No module after the one being imported; that one at normal
+        priority where allowed, as the node may be waiting for it."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._renice(0)
+
+
+def _request(line: str) -> tuple[str, str | None]:
+    """(invocation path, result path) from a `--serve` request line."""
+    request = json.loads(line)
+    if not isinstance(request, dict) or not isinstance(request.get("invocation"), str):
+        raise ValueError(f'expected {{"invocation": PATH, "result": PATH}}, got {line.strip()!r}')
+    return request["invocation"], request.get("result")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m conveyor.launch", description=__doc__.split("\n\n")[0])
-    parser.add_argument("invocation", help="an invocation JSON file (a local path or an object-store URI)")
+    parser.add_argument("invocation", nargs="?", help="an invocation JSON file (a local path or an object-store URI)")
     parser.add_argument("--result", help="where to write the result JSON (default: stdout)")
+    parser.add_argument("--serve", action="store_true",
+                        help='read one request {"invocation": PATH, "result": PATH} as a JSON line from stdin, '
+                             "run it and exit")
+    parser.add_argument("--warm", action="store_true",
+                        help="with --serve: import TensorFlow, TFDV, TFT, TFMA, Beam and pyarrow while waiting")
     args = parser.parse_args(argv)
+    if args.serve == bool(args.invocation):
+        parser.error("give either an invocation file or --serve")
+    if not args.serve:
+        return _run(args.invocation, args.result)
+    warm = _WarmUp() if args.warm else None
+    line = sys.stdin.readline()
+    if warm is not None:
+        warm.stop()
+    code = 0  # no node for this process after all
+    if line.strip():
+        try:
+            invocation_path, result_path = _request(line)
+        except (ValueError, TypeError) as e:
+            print(f"error: cannot read the request: {e}", file=sys.stderr)
+            invocation_path, result_path, code = "", None, 2
+        if invocation_path:
+            code = _run(invocation_path, result_path)
+    return code
+
+
+def _exit(code: int) -> NoReturn:
+    """Leave as soon as the result is written: the atexit functions run and
+    output is flushed, but the interpreter is not torn down, which with
+    TensorFlow and Beam loaded takes ~2 s of every node (and would wait for
+    a warm-up thread's last import, of no use now). tensorflow-io's S3
+    filesystem also aborts in that teardown (see `fs.exit_process`)."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _run(invocation_path: str, result_path: str | None) -> int:
+    """Run one invocation file; the exit code."""
     try:
-        invocation = Invocation.from_json(fs.read_text(args.invocation))
+        invocation = Invocation.from_json(fs.read_text(invocation_path))
     except (OSError, ValueError, TypeError) as e:
-        print(f"error: cannot read invocation {args.invocation}: {e}", file=sys.stderr)
+        print(f"error: cannot read invocation {invocation_path}: {e}", file=sys.stderr)
         return 2
     try:
         result = execute(invocation)
@@ -215,12 +337,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
         result = failure(invocation.component_id, e)
-    if args.result:
-        fs.write_text(args.result, result.to_json())
+    if result_path:
+        fs.write_text(result_path, result.to_json())
     else:
         print(result.to_json())
     return 0 if result.succeeded else 1
 
 
 if __name__ == "__main__":
-    fs.exit_process(main())
+    _exit(main())

@@ -27,3 +27,30 @@ def s3_env(s3_server, monkeypatch):
     for name, value in s3_server.env.items():
         monkeypatch.setenv(name, value)
     return s3_server
+
+
+@pytest.fixture(scope="session")
+def taxi_runs(tmp_path_factory):
+    """Two short runs of the taxi example on one root and store, the second
+    with more training steps (so the Trainer and what follows re-run): what
+    the lineage, UI and report tests read. {"store", "root", "r1", "r2"}."""
+    import shutil
+
+    from conveyor import LocalRunner
+    from tests.examples import example_dir, load_example
+
+    base = tmp_path_factory.mktemp("taxi_runs")
+    code = base / "code"
+    code.mkdir()
+    shutil.copy(os.path.join(example_dir("taxi"), "taxi_utils.py"), code / "taxi_utils.py")
+    root = str(base / "root")
+
+    def pipeline(train_steps: int):
+        return load_example("taxi").create_pipeline(
+            root, module_file=str(code / "taxi_utils.py"), serving_dir=os.path.join(root, "serving"),
+            train_steps=train_steps, eval_steps=5,
+        )
+
+    first = LocalRunner(echo=print).run(pipeline(20), run_id="r1")
+    second = LocalRunner(echo=print).run(pipeline(30), run_id="r2")
+    return {"store": first.metadata_path, "r1": first, "r2": second, "root": root}

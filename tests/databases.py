@@ -19,13 +19,14 @@ from typing import Any
 
 from tests.portable import accepts, die_with_parent, free_ports
 
-__all__ = ["Postgres", "MariaDB", "PASSWORD"]
+__all__ = ["Postgres", "MariaDB", "PASSWORD", "apt_install"]
 
 PASSWORD = "conveyor-db-secret"
 START_TIMEOUT = 90.0
 
 
-def _apt_install(package: str) -> None:
+def apt_install(package: str) -> None:
+    """Installs a Debian package (CI machines start without the servers and browser tests need)."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
     subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", package], check=True, env=env,
@@ -78,7 +79,7 @@ class Postgres(_Server):
     def __enter__(self) -> Postgres:
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
         if not found:
-            _apt_install("postgresql")
+            apt_install("postgresql")
             found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
         bindir = os.path.dirname(found[-1])
         data = os.path.join(self.dir, "data")
@@ -104,7 +105,7 @@ class MariaDB(_Server):
 
     def __enter__(self) -> MariaDB:
         if not shutil.which("mariadbd") and not os.path.exists("/usr/sbin/mariadbd"):
-            _apt_install("mariadb-server")
+            apt_install("mariadb-server")
         server = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
         data = os.path.join(self.dir, "data")
         socket = os.path.join(self.dir, "mysqld.sock")

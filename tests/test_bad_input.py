@@ -3,9 +3,12 @@ the component, the file and what to do, and a FAILED execution in MLMD."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from ml_metadata.proto import metadata_store_pb2 as pb
 
@@ -44,7 +47,8 @@ def test_csv_with_wrong_number_of_fields(tmp_path):
         _quiet().run(Pipeline("bad", str(tmp_path / "root"), [gen]))
     message = str(e.value)
     assert "csv_example_gen" in message and "penguins.csv" in message
-    _assert_failed_in_mlmd(tmp_path / "root", e.value, "penguins.csv")
+    assert "line 11 has 6 fields but the header has 5" in message
+    _assert_failed_in_mlmd(tmp_path / "root", e.value, "penguins.csv", "line 11")
     out_dir = tmp_path / "root" / "csv_example_gen" / "examples" / str(e.value.execution_id)
     assert not out_dir.exists() or not any(out_dir.iterdir())
 
@@ -59,6 +63,78 @@ def test_missing_and_empty_input(tmp_path):
     with pytest.raises(RunFailedError) as e:
         _quiet().run(Pipeline("bad", str(tmp_path / "root"), [CsvExampleGen(input_base=str(empty))]))
     assert "data.csv" in str(e.value)
+
+
+PENGUIN_COLUMNS = ["species", "culmen_length_mm", "culmen_depth_mm", "flipper_length_mm", "body_mass_g"]
+
+
+@pytest.mark.parametrize(
+    "written, configured, label",
+    [(";", ",", "semicolon"), ("\t", ",", "tab"), ("|", ",", "pipe"), (",", ";", "comma")],
+)
+def test_csv_header_delimited_by_another_character(tmp_path, written, configured, label):
+    """Read with the wrong delimiter, a header is one column named 'a;b;c':
+    the run fails before anything is published, saying which delimiter the
+    header looks written with, its columns, and the parameter to set."""
+    data = tmp_path / "data"
+    data.mkdir()
+    text = open(PENGUIN_CSV).read().replace(",", written)
+    (data / "penguins.csv").write_text(text)
+    gen = CsvExampleGen(input_base=str(data), delimiter=configured)
+    with pytest.raises(RunFailedError) as e:
+        _quiet().run(Pipeline("bad", str(tmp_path / "root"), [gen]))
+    path = data / "penguins.csv"
+    header = written.join(PENGUIN_COLUMNS)
+    assert str(e.value).endswith(
+        f"csv_example_gen: The header of CSV file {path} looks {written!r}-delimited ({label}): split at "
+        f"{written!r} it has the 5 columns {PENGUIN_COLUMNS}, and the first row as many fields, but with "
+        f"delimiter {configured!r} it reads as 1 column {[header]}. Set delimiter={json.dumps(written)} on "
+        f"CsvExampleGen if the file is {label}-separated, or fix the file."
+    ), str(e.value)
+    _assert_failed_in_mlmd(tmp_path / "root", e.value, str(path), f"delimiter={json.dumps(written)}")
+    out_dir = tmp_path / "root" / "csv_example_gen" / "examples" / str(e.value.execution_id)
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+    # Set as the error says, the same file runs.
+    fixed = CsvExampleGen(input_base=str(data), delimiter=written)
+    result = _quiet().run(Pipeline("fixed", str(tmp_path / "root"), [fixed]))
+    [examples] = result.outputs("csv_example_gen", "examples")
+    assert sum(json.loads(examples.get("row_counts")).values()) == 334
+
+
+def test_names_holding_another_delimiter_are_not_mistaken_for_one(tmp_path):
+    """A comma header where one name holds a '|' or a ';' (and values hold
+    them too) is read as written: those characters give fewer columns."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = "".join(f'{i},"a|b;c",{i / 2}\n' for i in range(30))
+    (data / "data.csv").write_text("id,tags|list;x,score\n" + rows)
+    result = _quiet().run(Pipeline("ok", str(tmp_path / "root"), [CsvExampleGen(input_base=str(data))]))
+    [examples] = result.outputs("csv_example_gen", "examples")
+    table = pa.concat_tables(
+        [pq.read_table(os.path.join(examples.uri, f"Split-{s}")) for s in examples.splits]
+    )
+    assert table.column_names == ["id", "tags|list;x", "score"]
+    assert table.num_rows == 30 and set(table.column("tags|list;x").to_pylist()) == {"a|b;c"}
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("id,n\xe4me\n1,x\n".encode("latin-1"), "the header is not valid UTF-8 (byte 4: b'\\xe4')"),
+        ("id,name\n1,caf\xe9\n2,ok\n".encode("latin-1"), "is not valid UTF-8"),
+        (b"id,name\n", "has a header but no rows; expected at least one row"),
+        (b"", "is empty (0 bytes); expected a header line and rows"),
+    ],
+    ids=["header-not-utf8", "value-not-utf8", "header-only", "empty"],
+)
+def test_csv_that_cannot_become_examples(tmp_path, content, expected):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "data.csv").write_bytes(content)
+    with pytest.raises(RunFailedError) as e:
+        _quiet().run(Pipeline("bad", str(tmp_path / "root"), [CsvExampleGen(input_base=str(data))]))
+    assert f"CSV file {data / 'data.csv'}" in str(e.value) and expected in str(e.value), str(e.value)
+    _assert_failed_in_mlmd(tmp_path / "root", e.value, expected)
 
 
 def test_bad_schema_file(tmp_path):

@@ -105,4 +105,25 @@ def test_runs_lists_states_reasons_and_errors(tmp_path):
     assert "make" in newest and "parameter 'n' changed (2 -> 5)" in newest
     assert "code file pipeline.py changed" in newest
     assert "fit" in newest and "FAILED" in newest and "no rows" in newest
-    assert oldest.count("COMPLETE") == 2
+    assert [line.split()[1] for line in oldest.splitlines()[1:] if line.strip()] == ["COMPLETE", "COMPLETE"]
+
+
+def test_query_commands_take_the_pipeline_file(tmp_path):
+    path = tmp_path / "pipeline.py"
+    path.write_text(PIPELINE)
+    assert conveyor("run", str(path)).returncode == 0
+    path.write_text(PIPELINE.replace("make()", "make(n=5)"))
+    assert conveyor("run", str(path)).returncode == 0
+    why = conveyor("why", str(path), "latest", "make")
+    assert why.returncode == 0, why.stderr
+    assert "parameter 'n' changed (2 -> 5)" in why.stdout
+    diff = conveyor("diff", str(path), "previous", "latest", "--json")
+    assert diff.returncode == 0, diff.stderr
+    nodes = {n["node"]: n for n in json.loads(diff.stdout)["nodes"]}
+    assert nodes["make"]["parameters"] == {"n": [2, 5]}
+    assert nodes["fit"]["reran"] and "input 'rows' changed (artifacts 1 -> 3)" in nodes["fit"]["changes"]
+    show = conveyor("show", str(path), "1")
+    assert show.returncode == 0, show.stderr
+    assert show.stdout.startswith("Examples #1  ") and "make (make), execution #1" in show.stdout
+    assert conveyor("why", str(path), "latest", "nope").returncode == 1
+    assert conveyor("why", str(tmp_path / "missing.py"), "latest", "make").returncode == 2

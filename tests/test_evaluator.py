@@ -110,8 +110,9 @@ def test_passing_threshold_blesses_first_model(tmp_path):
     assert metrics["binary_accuracy"] >= 0.6
     assert os.listdir(blessing.uri) == ["BLESSED"]
     assert blessing.get("blessed") == 1
-    assert blessing.custom_properties["current_model_id"] == 2
-    assert blessing.custom_properties["current_model"] == MODEL_URI
+    # TFX's custom properties, typed as its readers read them (blessed: int_value).
+    assert blessing.properties == {}
+    assert blessing.custom_properties == {"blessed": 1, "current_model_id": 2, "current_model": MODEL_URI}
     assert "baseline_model_id" not in blessing.custom_properties
     assert verdict == "BLESSED (no baseline model yet: change thresholds skipped)"
 
@@ -125,6 +126,7 @@ def test_impossible_thresholds_are_not_blessed_multi_processing(tmp_path):
     )
     assert os.listdir(blessing.uri) == ["NOT_BLESSED"]
     assert blessing.get("blessed") == 0
+    assert blessing.custom_properties["blessed"] == 0 and blessing.properties == {}
     metrics = overall_metrics(evaluation)  # Metrics are still written.
     assert metrics["binary_accuracy"] < 1.1 and metrics["binary_accuracy_diff"] == 0.0
     assert verdict.startswith("NOT_BLESSED: binary_accuracy=") and "on slice Overall" in verdict

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import os
@@ -20,6 +21,7 @@ from conveyor.components import examples_io
 from conveyor.components.base import ExecutionContext
 from conveyor.components.example_gen import (
     CsvExampleGen,
+    CsvExampleGenParams,
     ImportExampleGen,
     Input,
     InputSplit,
@@ -30,6 +32,8 @@ from conveyor.components.example_gen import (
     run_import,
 )
 from conveyor.errors import ExecutorError, PipelineDefinitionError
+from conveyor.pipeline import cache
+from conveyor.pipeline.dsl import from_jsonable, to_jsonable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAXI_CSV = os.path.join(REPO, "examples", "taxi", "data", "data.csv")
@@ -164,6 +168,43 @@ def test_csv_penguin(tmp_path):
     assert both.num_rows == reference.num_rows == 334
     assert _rows(both) == _rows(reference)
     assert both.schema.field("species").type == pa.int64()
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t", "|"])
+def test_csv_with_another_delimiter_gives_the_same_examples(tmp_path, delimiter):
+    """2,000 taxi rows written with `delimiter` (fields holding it quoted)
+    read as the comma file does: same types, same rows in the same splits."""
+    comma = tmp_path / "comma"
+    _copy_taxi_rows(str(comma / "data.csv"), 0, 2000)
+    other = tmp_path / "other"
+    other.mkdir()
+    with open(comma / "data.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    with open(other / "data.csv", "w", newline="") as f:
+        csv.writer(f, delimiter=delimiter, lineterminator="\n").writerows(rows)
+    assert (other / "data.csv").read_text().count(delimiter) >= 2000 * 17
+    want = _run(CsvExampleGen(input_base=str(comma)), str(tmp_path / "want"))
+    got = _run(CsvExampleGen(input_base=str(other), delimiter=delimiter), str(tmp_path / "got"))
+    assert got.splits == want.splits == ["train", "eval"]
+    assert got.get("row_counts") == want.get("row_counts")
+    for split in want.splits:
+        assert _split_table(got, split).schema == _split_table(want, split).schema
+        assert _rows(_split_table(got, split)) == _rows(_split_table(want, split))
+    assert sum(json.loads(got.get("row_counts")).values()) == 2000
+
+
+def test_delimiter_is_a_parameter_in_the_cache_key(tmp_path):
+    base = tmp_path / "data"
+    _copy_taxi_rows(str(base / "data.csv"), 0, 10)
+    comma, semicolon = CsvExampleGen(input_base=str(base)), CsvExampleGen(input_base=str(base), delimiter=";")
+    assert comma.params.delimiter == ","
+    before = cache.cache_key_parts(comma, {}, to_jsonable(comma.params))
+    after = cache.cache_key_parts(semicolon, {}, to_jsonable(semicolon.params))
+    assert before["parameter:delimiter"] == '","' and after["parameter:delimiter"] == '";"'
+    assert cache.digest(before) != cache.digest(after)
+    assert cache.explain_change(before, after) == ["parameter 'delimiter' changed (\",\" -> \";\")"]
+    tab = CsvExampleGen(input_base=str(base), delimiter="\t").params
+    assert from_jsonable(CsvExampleGenParams, json.loads(json.dumps(to_jsonable(tab)))) == tab
 
 
 def test_tfrecord_output_holds_the_same_rows_as_tf_examples(tmp_path):
@@ -544,6 +585,12 @@ def test_bad_partition_feature(tmp_path):
         (dict(input_config=Input(splits=[])), "no splits"),
         (dict(input_config=Input(splits=[InputSplit("a", "{DATE}/*")])), "unknown spec"),
         (dict(input_config="*.csv"), "expects Input"),
+        (dict(delimiter=";;"), "delimiter ';;' must be one ASCII character"),
+        (dict(delimiter=""), "delimiter '' must be one ASCII character"),
+        (dict(delimiter='"'), "other than a double quote or a line break"),
+        (dict(delimiter="\n"), "delimiter '\\n' must be one ASCII character"),
+        (dict(delimiter="§"), "delimiter '§' must be one ASCII character"),
+        (dict(delimiter=44), "parameter 'delimiter' expects str"),
     ],
 )
 def test_definition_errors(kwargs, expected):

@@ -53,10 +53,10 @@ def _rows(table: pa.Table) -> list[tuple]:
     return sorted(tuple((v is not None, v) for v in row.values()) for row in table.to_pylist())
 
 
-def _reference(path: str) -> pa.Table:
+def _reference(path: str, delimiter: str = ",") -> pa.Table:
     """The whole file read by pyarrow, with ExampleGen's rule for missing values."""
     return pcsv.read_csv(
-        path, parse_options=pcsv.ParseOptions(newlines_in_values=True),
+        path, parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
         convert_options=pcsv.ConvertOptions(null_values=[""], strings_can_be_null=True),
     )
 
@@ -106,13 +106,13 @@ def test_same_splits_as_the_pre_beam_executor(name, range_bytes, small_ranges, t
 # ---------------------------------------------------------------------------
 
 
-def _quoted_csv(path: str, rows: int, newlines: bool, line_end: str = "\n") -> None:
+def _quoted_csv(path: str, rows: int, newlines: bool, line_end: str = "\n", delimiter: str = ",") -> None:
     rng = random.Random(7)
     words = ["plain", "with, comma", 'say "hi"', "", "ünïcode", "tab\there"]
     if newlines:
         words += ["two\nlines", "three\nshort\nlines", 'quote "and"\nnewline', "ends with newline\n"]
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator=line_end)
+    writer = csv.writer(out, lineterminator=line_end, delimiter=delimiter)
     writer.writerow(["id", "note", "value", "tag"])
     for i in range(rows):
         writer.writerow([i, rng.choice(words), rng.choice(["", f"{rng.random():.4f}"]), rng.choice(words)])
@@ -120,11 +120,13 @@ def _quoted_csv(path: str, rows: int, newlines: bool, line_end: str = "\n") -> N
         f.write(out.getvalue())
 
 
-def _plan_and_read(path: str, range_bytes: int) -> tuple[list[csv_input.CsvRange], list, list[str]]:
+def _plan_and_read(
+    path: str, range_bytes: int, delimiter: str = ","
+) -> tuple[list[csv_input.CsvRange], list, list[str]]:
     """Each range of a file read alone, as a worker reads it: (ranges,
     batches of the ranges read, paths of ranges that asked to be resplit)."""
-    plan = csv_input.plan_csv({"single_split": [path]})
-    reader = csv_input.CsvReader(tuple(plan.names), plan.schema(plan.sample_kinds))
+    plan = csv_input.plan_csv({"single_split": [path]}, delimiter)
+    reader = csv_input.CsvReader(tuple(plan.names), plan.schema(plan.sample_kinds), delimiter=delimiter)
     ranges = plan.ranges(range_bytes=range_bytes)
     batches, resplit = [], []
     for item in ranges:
@@ -171,6 +173,64 @@ def test_csv_with_quoted_newlines_in_many_ranges(small_ranges, tmp_path, line_en
     assert any("\n" in (v or "") for v in both.column("note").to_pylist())
     for split in ("train", "eval"):
         assert _rows(_table(ranged, split)) == _rows(_table(whole, split))
+
+
+def test_tab_separated_quoted_newlines_in_many_ranges(small_ranges, tmp_path):
+    """delimiter="\t" reaches every reader: the driver's sample, the workers'
+    byte ranges and the whole-file read of a file whose ranges cut a quoted
+    newline; a quoted field may hold a tab."""
+    base = tmp_path / "data"
+    base.mkdir()
+    _quoted_csv(str(base / "a.tsv"), 2500, newlines=True, delimiter="\t")
+    _quoted_csv(str(base / "b.tsv"), 2500, newlines=False, delimiter="\t")
+    _, batches, resplit = _plan_and_read(str(base / "b.tsv"), 1500, delimiter="\t")
+    assert resplit == [] and _rows(pa.Table.from_batches(batches)) == _rows(_reference(str(base / "b.tsv"), "\t"))
+    assert set(_plan_and_read(str(base / "a.tsv"), 1500, delimiter="\t")[2]) == {str(base / "a.tsv")}
+    small_ranges(1500)
+    ranged = _run(CsvExampleGen(input_base=str(base), delimiter="\t"), str(tmp_path / "ranged"))
+    reference = pa.concat_tables([_reference(str(base / "a.tsv"), "\t"), _reference(str(base / "b.tsv"), "\t")])
+    assert reference.column_names == ["id", "note", "value", "tag"] and reference.num_rows == 5000
+    both = pa.concat_tables([_table(ranged, s) for s in ranged.splits])
+    assert _rows(both.cast(reference.schema)) == _rows(reference)
+    notes = both.column("note").to_pylist()
+    assert "tab\there" in notes and "three\nshort\nlines" in notes
+
+
+@pytest.mark.parametrize("rows, range_bytes", [(3000, None), (150_000, None), (150_000, 512 << 10)])
+@pytest.mark.parametrize("fields", [["extra"], None])
+def test_a_ragged_row_holding_a_quoted_newline_names_its_line(small_ranges, tmp_path, rows, range_bytes, fields):
+    """A row with one field too many (or too few) that spans two lines, after
+    rows holding quoted newlines: the error names the file and the line the
+    row starts on, whether the driver's sample holds it (a small file) or a
+    worker finds it (in one range, or in a file whose ranges cut quoted
+    newlines and is read whole)."""
+    base = tmp_path / "data"
+    base.mkdir()
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["id", "note", "value"])
+    bad = rows - 10
+    for i in range(rows):
+        row = [i, ["two\nlines", "plain", "x, y"][i % 3], i / 4]
+        if i == bad:
+            row = [i, "two\nlines", i / 4, *fields] if fields else [i, "two\nlines"]
+        writer.writerow(row)
+    text = out.getvalue()
+    (base / "data.csv").write_text(text)
+    assert len(text) > (3 << 20) if rows > 3000 else len(text) < (100 << 10)  # past the sample, or within
+    line = text.split("\n").index(f'{bad},"two') + 1
+    assert line == 2 + bad + -(-bad // 3)  # row 0 on line 2, plus the newline inside every third row before
+    if range_bytes:
+        small_ranges(range_bytes)
+    with pytest.raises(ExecutorError) as info:
+        _run(CsvExampleGen(input_base=str(base)), str(tmp_path / "out"))
+    shown = f"'{bad},\"two\\nlines\",{bad / 4},extra'" if fields else f"'{bad},\"two\\nlines\"'"
+    assert str(info.value) == (
+        f"csv_example_gen: CSV file {base / 'data.csv'}: line {line} has {4 if fields else 2} fields but the "
+        f"header has 3: {shown}. Every row needs one field per header column (quote fields that hold the "
+        f"delimiter ','); fix or remove the row."
+    )
+    assert os.listdir(tmp_path / "out") == []
 
 
 def test_ranges_shorter_than_a_line_and_no_final_newline(small_ranges, tmp_path):

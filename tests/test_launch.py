@@ -193,6 +193,24 @@ def test_launcher_reports_a_failed_node(tmp_path):
     assert proc.returncode == 2 and "surprise" in proc.stderr
 
 
+def test_a_serving_launcher_runs_the_one_request_it_reads(tmp_path):
+    out = str(tmp_path / "schema_gen" / "schema" / "3")
+    request = tmp_path / "invocation.json"
+    request.write_text(_schema_gen_invocation(out).to_json())
+    answer = tmp_path / "result.json"
+    serve = [sys.executable, "-m", "conveyor.launch", "--serve"]
+    line = json.dumps({"invocation": str(request), "result": str(answer)}) + "\n"
+    proc = subprocess.run(serve, input=line, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [schema] = InvocationResult.from_json(answer.read_text()).output_artifacts()["schema"]
+    assert os.path.isfile(os.path.join(schema.uri, "schema.pbtxt"))
+    # No request (the run needed no more nodes): nothing done, exit 0. A bad one: exit 2.
+    idle = subprocess.run(serve, input="", capture_output=True, text=True, timeout=300)
+    assert idle.returncode == 0 and idle.stdout == ""
+    bad = subprocess.run(serve, input="{}\n", capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "cannot read the request" in bad.stderr
+
+
 def test_execute_returns_outputs_and_leaves_the_callers_artifacts_alone(tmp_path):
     invocation = _schema_gen_invocation(str(tmp_path / "out"))
     before = json.dumps(invocation.outputs, sort_keys=True)
@@ -310,7 +328,10 @@ def test_user_code_is_staged_under_a_remote_root_by_content(s3_env, tmp_path):
     assert driver.stage_user_code(transform, params, root) == staged  # same content, same place
     (code / "helpers.py").write_text("VALUE = 42\n")
     assert driver.stage_user_code(transform, params, root)["module_file"] != staged["module_file"]
-    assert driver.stage_user_code(transform, params, str(tmp_path / "local")) == params
+    # A local root gets its snapshot too: what runs is what was hashed.
+    local = driver.stage_user_code(transform, params, str(tmp_path / "local"))["module_file"]
+    assert local.startswith(str(tmp_path / "local" / "_code")) and fs.read_text(local) == fs.read_text(
+        str(code / "module.py"))
 
 
 def test_a_staged_module_loads_from_the_object_store_with_its_siblings(s3_env, tmp_path):

@@ -63,6 +63,11 @@ def test_blessed_model_is_pushed_to_a_new_version(tmp_path):
 
     version = pushed.get("pushed_version")
     assert pushed.get("pushed") == 1
+    # TFX's custom properties (none of them a typed property of PushedModel).
+    assert pushed.properties == {}
+    assert pushed.custom_properties == {
+        "pushed": 1, "pushed_destination": str(base / version), "pushed_version": version
+    }
     assert before <= int(version) <= int(time.time())
     assert pushed.get("pushed_destination") == str(base / version)
     assert os.listdir(base) == [version]  # No temporary directory left behind.
@@ -84,6 +89,7 @@ def test_not_blessed_model_is_not_pushed(tmp_path):
     )
     assert pushed.get("pushed") == 0
     assert pushed.get("pushed_destination") is None
+    assert pushed.custom_properties == {"pushed": 0} and pushed.properties == {}
     assert not base.exists() or os.listdir(base) == []
     assert message.startswith("not pushed: model not blessed")
 
@@ -92,6 +98,15 @@ def test_blessing_of_another_model_is_refused(tmp_path):
     blessing = not_blessed(tmp_path)
     blessing.custom_properties["current_model_id"] = 99
     with pytest.raises(ExecutorError, match="about model id 99"):
+        run_pusher(tmp_path, blessing, pusher.PusherParams(base_directory=str(tmp_path / "serving")))
+
+
+def test_blessing_written_by_an_older_conveyor_is_read(tmp_path):
+    # Older Conveyor stores hold `blessed` as a typed property: still read.
+    blessing = not_blessed(tmp_path)
+    del blessing.custom_properties["blessed"]
+    blessing.properties["blessed"] = 1
+    with pytest.raises(ExecutorError, match="says blessed=1 but holds NOT_BLESSED"):
         run_pusher(tmp_path, blessing, pusher.PusherParams(base_directory=str(tmp_path / "serving")))
 
 

@@ -17,6 +17,8 @@ import ast
 import dataclasses
 import hashlib
 import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -32,6 +34,7 @@ from conveyor.errors import ExecutorError
 __all__ = [
     "ExecutionContext",
     "load_user_function",
+    "import_user_file",
     "user_code_files",
     "fingerprint_files",
     "skip_autograph_for_tf_keras",
@@ -71,6 +74,116 @@ class ExecutionContext:
         return ExecutorError(f"{self.component_id}: {message}")
 
 
+class _UserCodeFinder(importlib.abc.MetaPathFinder):
+    """Finds user modules for the import system, instead of their folders
+    going on sys.path for good.
+
+    A module file loaded by name (`import_user_file`) is found here, so its
+    load is an ordinary import: the import system's per-module lock makes a
+    second thread loading it wait for the first's exec, and a failed exec
+    leaves nothing in sys.modules. A top-level name that is a `.py` file or
+    a package beside one of those files (the module's siblings, imported
+    when it loads or later from inside a function) is found in their
+    folders, the latest loaded first, as sys.path[0] did."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.files: dict[str, str] = {}  # module name -> its file
+        self.folders: list[str] = []  # where siblings are found, the latest loaded first
+        self.siblings: dict[str, str] = {}  # sibling name -> fingerprint of its files when last seen
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+                  ) -> importlib.machinery.ModuleSpec | None:
+        if path is not None:
+            return None  # a submodule: its package's __path__ finds it
+        with self.lock:
+            file, folders = self.files.get(fullname), list(self.folders)
+        if file:
+            return importlib.util.spec_from_file_location(fullname, file)
+        for folder in folders:
+            package = os.path.join(folder, fullname)
+            if os.path.isfile(os.path.join(package, "__init__.py")):
+                return importlib.util.spec_from_file_location(
+                    fullname, os.path.join(package, "__init__.py"), submodule_search_locations=[package])
+            if os.path.isfile(package + ".py"):
+                return importlib.util.spec_from_file_location(fullname, package + ".py")
+        return None
+
+    def refresh(self, folder: str, code_files: Sequence[str], base: str) -> None:
+        """Before a module in `folder` loads: its folder first for siblings,
+        and a sibling already imported whose files (among `code_files`,
+        relative to `base`) changed since is dropped from sys.modules, so
+        the module imports the code as it is now."""
+        by_name: dict[str, list[str]] = {}
+        for f in code_files:
+            rel = fs.relpath(f, base)
+            if rel.endswith(".py") and not rel.startswith(".."):
+                by_name.setdefault(rel.split("/")[0].removesuffix(".py"), []).append(f)
+        fingerprints = {name: fingerprint_files(files) for name, files in by_name.items()}
+        with self.lock:
+            if folder in self.folders:
+                self.folders.remove(folder)
+            self.folders.insert(0, folder)
+            for name, fingerprint in fingerprints.items():
+                seen = self.siblings.get(name)
+                if seen is not None and seen != fingerprint:
+                    for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+                        sys.modules.pop(loaded, None)
+                self.siblings[name] = fingerprint
+
+
+_finder: _UserCodeFinder | None = None
+_finder_lock = threading.Lock()
+
+
+def _user_code_finder() -> _UserCodeFinder:
+    """The one finder, registered on the first user module load (never on
+    `import conveyor`)."""
+    global _finder
+    with _finder_lock:
+        if _finder is None:
+            _finder = _UserCodeFinder()
+            sys.meta_path.insert(0, _finder)
+        return _finder
+
+
+# Dotted names are not found through the finder (their package may not be
+# importable): loaded one thread at a time.
+_dotted_lock = threading.Lock()
+_dotted: dict[str, ModuleType] = {}
+
+
+def import_user_file(name: str, path: str, code_files: Sequence[str] | None = None) -> ModuleType:
+    """The local Python file `path` imported as module `name` (once: a
+    second call returns the same module; two threads at once get one fully
+    executed module). Its siblings import as they would beside a script,
+    without its folder going on sys.path; `code_files` are the module's
+    local imports (default: `user_code_files(path)`), so one that changed
+    since it was last imported is imported again. Raises what the module's
+    code raised."""
+    path = os.path.abspath(path)
+    folder = os.path.dirname(path)
+    finder = _user_code_finder()
+    finder.refresh(folder, user_code_files(path) if code_files is None else code_files, folder)
+    if "." not in name:
+        with finder.lock:
+            finder.files[name] = path
+        return importlib.import_module(name)
+    with _dotted_lock:
+        if name not in _dotted:
+            spec = importlib.util.spec_from_file_location(name, path)
+            assert spec and spec.loader
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module  # its dataclasses look their module up while it executes
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(name, None)
+                raise
+            _dotted[name] = module
+        return _dotted[name]
+
+
 def _load_module_file(path: str, component_id: str) -> ModuleType:
     if not fs.isfile(path):
         raise ExecutorError(
@@ -85,28 +198,22 @@ def _load_module_file(path: str, component_id: str) -> ModuleType:
             f"{component_id}: module file {path} has a syntax error at line {e.lineno}: {e.msg}. "
             f"Fix the file and run again."
         ) from e
-    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    # Named by the content of the module and its local imports: an edit to
+    # either loads it again.
+    files = user_code_files(path)
+    digest = fingerprint_files(files)[:12]
     name = f"conveyor_user_{os.path.splitext(fs.basename(path))[0]}_{digest}"
-    if name in sys.modules:
-        return sys.modules[name]
+    base = fs.dirname(fs.abspath(path))
     if fs.is_remote(path):
         path = _local_copy(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    # The module's own directory is importable, so it can import its siblings.
-    if directory not in sys.path:
-        sys.path.insert(0, directory)
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
+    local_base = os.path.dirname(os.path.abspath(path))
     try:
-        spec.loader.exec_module(module)
+        return import_user_file(name, path, [os.path.join(local_base, *fs.relpath(f, base).split("/"))
+                                             for f in files])
     except Exception as e:
-        del sys.modules[name]
         raise ExecutorError(
             f"{component_id}: importing module file {path} failed: {type(e).__name__}: {e}"
         ) from e
-    return module
 
 
 def _local_copy(path: str) -> str:

@@ -167,7 +167,8 @@ class Evaluator(Component):
     slice, against an optional `baseline_model` (the latest blessed model; an
     empty list on the first run). Writes TFMA's results to `evaluation`
     (`tfma.load_eval_result(uri)`) and its verdict to `blessing`: an empty file
-    BLESSED or NOT_BLESSED and the property `blessed` 1 or 0."""
+    BLESSED or NOT_BLESSED, and TFX's custom properties: `blessed` 1 or 0 and
+    the models compared (`current_model_id`, `baseline_model_id`, URIs)."""
 
     INPUTS = {
         "examples": Input(Examples),
@@ -542,14 +543,15 @@ def run(
     validation = tfma.load_validation_result(evaluation.uri)
     blessed = thresholds and validation.validation_ok
     fs.write_bytes(fs.join(blessing.uri, BLESSED_FILE if blessed else NOT_BLESSED_FILE), b"")
+    # Custom properties, typed as TFX's readers (its LatestPolicyModel) expect them.
     blessing.set("blessed", int(blessed))
-    blessing.custom_properties["current_model"] = model.uri
+    blessing.set("current_model", model.uri)
     if model.id is not None:
-        blessing.custom_properties["current_model_id"] = model.id
+        blessing.set("current_model_id", model.id)
     if baseline is not None:
-        blessing.custom_properties["baseline_model"] = baseline.uri
+        blessing.set("baseline_model", baseline.uri)
         if baseline.id is not None:
-            blessing.custom_properties["baseline_model_id"] = baseline.id
+            blessing.set("baseline_model_id", baseline.id)
     if not thresholds:
         verdict = "NOT_BLESSED: eval_config has no thresholds, so the model is never blessed"
     elif blessed:

@@ -51,8 +51,8 @@ class PusherParams:
 
 class Pusher(Component):
     """Pushes `model` to `<base_directory>/<version>/` when `model_blessing`
-    blesses it. `pushed_model` records the result: property `pushed` 1 or 0,
-    and `pushed_destination` / `pushed_version` of the copy."""
+    blesses it. `pushed_model` records the result in TFX's custom properties:
+    `pushed` 1 or 0, and `pushed_destination` / `pushed_version` of the copy."""
 
     INPUTS = {"model": Input(Model), "model_blessing": Input(ModelBlessing)}
     OUTPUTS = {"pushed_model": PushedModel}
@@ -118,7 +118,7 @@ def run(
             f"as the Trainer writes it). Pass model= a Trainer's 'model' output."
         )
     blessed = _is_blessed(blessing, ctx)
-    blessed_id = blessing.custom_properties.get("current_model_id")
+    blessed_id = blessing.get("current_model_id")
     if blessed_id is not None and model.id is not None and int(blessed_id) != int(model.id):
         raise ctx.error(
             f"model_blessing {blessing!r} is about model id {blessed_id}, but the model to push is "

@@ -5,12 +5,13 @@ thread and records the node as an execution linking the artifacts it chose."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 from conveyor import fs
 from conveyor.artifacts import ARTIFACT_TYPES, Artifact, Model, ModelBlessing
 from conveyor.components.base import fingerprint_files
 from conveyor.errors import ExecutorError, PipelineDefinitionError, closest
+from conveyor.metadata.store import RESOLVER_TYPE_NAME
 from conveyor.pipeline.dsl import Component, Input
 from conveyor.secrets import redact
 
@@ -22,6 +23,10 @@ class Resolver(Component):
     and `pipeline_context` the MLMD context of this pipeline."""
 
     KIND = "resolver"
+    # The MLMD execution type, as TFX records every resolver: the store then
+    # links the chosen artifacts as INTERNAL_OUTPUT, so no reader takes the
+    # resolver for their producer.
+    EXECUTION_TYPE: ClassVar[str | None] = RESOLVER_TYPE_NAME
 
     def resolve(self, md: Any, inputs: dict[str, list[Artifact]], pipeline_context: Any) -> dict[str, list[Artifact]]:
         raise NotImplementedError
@@ -38,7 +43,8 @@ def _check_artifact_type(node: Component) -> None:
 
 class LatestBlessedModel(Resolver):
     """The newest model this pipeline's Evaluator blessed, as the baseline for
-    the next evaluation; empty when there is none yet.
+    the next evaluation, and its blessing (`model_blessing`, as TFX's
+    LatestBlessedModelStrategy gives both); empty when there is none yet.
 
     `candidate` is the model about to be evaluated: it is never its own
     baseline (comparing a model with itself says nothing), which also keeps a
@@ -46,19 +52,19 @@ class LatestBlessedModel(Resolver):
     """
 
     INPUTS = {"candidate": Input(Model, optional=True)}
-    OUTPUTS = {"model": Model}
+    OUTPUTS = {"model": Model, "model_blessing": ModelBlessing}
 
     def resolve(self, md: Any, inputs: dict[str, list[Artifact]], pipeline_context: Any) -> dict[str, list[Artifact]]:
         exclude = {a.id for a in inputs.get("candidate", [])}
         blessings = md.artifacts_of_type(ModelBlessing, pipeline_context.id)
         for blessing in sorted(blessings, key=lambda a: a.id or 0, reverse=True):
-            model_id = blessing.custom_properties.get("current_model_id")
+            model_id = blessing.get("current_model_id")
             if blessing.get("blessed") != 1 or model_id is None or model_id in exclude:
                 continue
             models = md.artifacts_by_id([int(model_id)])
             if models:
-                return {"model": models}
-        return {"model": []}
+                return {"model": models, "model_blessing": [blessing]}
+        return {"model": [], "model_blessing": []}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +149,8 @@ class Importer(Resolver):
     `result`), e.g. a hand-curated schema or a pre-trained model."""
 
     Params = ImporterParams
+    # It makes new artifacts: its own execution type, and OUTPUT events (as TFX's Importer).
+    EXECUTION_TYPE = None
 
     def check(self) -> None:
         _check_artifact_type(self)

@@ -3,6 +3,10 @@
 Walks MLMD backwards from an artifact: the execution that produced it, that
 execution's inputs, their producers, and so on down to ExampleGen, whose
 `input_base` names the raw data.
+
+Kept for code that uses these functions on a `Metadata`; the query API (runs,
+provenance, consumers, served model, diff, why, logs on Conveyor and TFX
+stores alike) and the `conveyor` query commands are `conveyor.lineage`.
 """
 
 from __future__ import annotations

@@ -1,11 +1,18 @@
-"""ML Metadata recording, laid out as TFX lays it out so TFX's tools and
-users' queries work on a Conveyor store.
+"""ML Metadata recording, laid out as TFX (1.16) lays it out so TFX's tools
+and users' queries work on a Conveyor store.
 
-- Context types `pipeline`, `pipeline_run`, `node` (named `<pipeline>.<node>`).
-- One execution type per component type, executions RUNNING → COMPLETE /
-  CACHED / FAILED, parameters as custom properties under their own names.
-- INPUT / OUTPUT events whose path is `[<key>, <index>]`.
-- An output artifact is put into MLMD, LIVE, only when its executor succeeded.
+- Context types `pipeline`, `pipeline_run` (child of its `pipeline`), `node`
+  (named `<pipeline>.<node>`).
+- Artifact and execution types with TFX's base types; one execution type per
+  component type, and TFX's resolver type for every resolver.
+- Executions RUNNING → COMPLETE / CACHED / FAILED / CANCELED, parameters as
+  custom properties under their own names; a failure's message also as TFX's
+  `__execution_result__`.
+- INPUT / OUTPUT events whose path is `[<key>, <index>]` (an artifact under
+  several keys: one event, one `[key, index]` pair per key, as TFX does); a
+  resolver's outputs are INTERNAL_OUTPUT: it chose them, it did not make them.
+- An output artifact is put into MLMD, LIVE, only when its executor succeeded,
+  with `tfx_version` (the layout its files follow) and `conveyor_version`.
 """
 
 from __future__ import annotations
@@ -15,9 +22,10 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from conveyor.artifacts import Artifact, artifact_type
+from conveyor.artifacts import TFX_PAYLOAD_VERSION, Artifact, artifact_type
+from conveyor.errors import ConveyorError
 
-__all__ = ["Metadata"]
+__all__ = ["Metadata", "RESOLVER_TYPE_NAME", "EXECUTION_BASE_TYPES", "event_paths"]
 
 # Execution custom properties Conveyor itself writes.
 CACHE_KEY = "__cache_key__"
@@ -32,7 +40,27 @@ BACKSLASH_STAND_IN = "\u29f5"
 OWNER = "__owner__"
 ATTEMPTS = "__attempts__"
 RETRIED_ERRORS = "__retried_errors__"
+# TFX's name for a failure: JSON of an ExecutionResult {"code", "resultMessage"}.
+EXECUTION_RESULT = "__execution_result__"
+# google.rpc codes TFX records for a failed / a stopped execution.
+_RESULT_CODES = {"FAILED": 2, "CANCELED": 1}
+# Artifact custom properties the publisher adds to each new artifact.
+TFX_VERSION = "tfx_version"
+CONVEYOR_VERSION = "conveyor_version"
 
+# The execution type TFX 1.16 records every resolver node under.
+RESOLVER_TYPE_NAME = "tfx.dsl.components.common.resolver.Resolver"
+# TFX 1.16's base types of the execution types of the components Conveyor
+# reimplements (read from a store TFX wrote; its ExampleGen and
+# ExampleValidator have none), so generic MLMD readers classify ours alike.
+EXECUTION_BASE_TYPES = {
+    "conveyor.components.statistics_gen.StatisticsGen": "PROCESS",
+    "conveyor.components.schema_gen.SchemaGen": "PROCESS",
+    "conveyor.components.transform.Transform": "TRANSFORM",
+    "conveyor.components.trainer.Trainer": "TRAIN",
+    "conveyor.components.evaluator.Evaluator": "EVALUATE",
+    "conveyor.components.pusher.Pusher": "DEPLOY",
+}
 
 
 def _pb() -> Any:
@@ -58,7 +86,26 @@ class Metadata:
                 raise ValueError("Metadata needs a SQLite path, a database URI or a connection_config")
             connection_config = config.connection_config(config.check_metadata(path, "Metadata"))
         self.path = path
-        self.store = metadata_store.MetadataStore(connection_config)
+        # Processes connecting to a new store at once (pipelines started
+        # together) race to create its tables; MLMD aborts the losers
+        # ("Concurrent writes aborted", "a subset of tables ... retry the
+        # connection") without retrying as it does other calls: retry here.
+        # Other calls MLMD retries when aborted, 5 times by default: too few
+        # for several runs writing one SQLite file at once.
+        if not connection_config.HasField("retry_options"):
+            connection_config = _pb().ConnectionConfig.FromString(connection_config.SerializeToString())
+            connection_config.retry_options.max_num_retries = 15
+        for attempt in range(12):
+            try:
+                self.store = metadata_store.MetadataStore(connection_config)
+                break
+            except RuntimeError as e:
+                if attempt == 11 or not ("Concurrent writes aborted" in str(e) or "subset of tables" in str(e)):
+                    raise
+                import random
+                import time
+
+                time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
         # MLMD 1.16's PostgreSQL source quotes PQescapeLiteral's output again,
         # so a string holding a backslash (E'...') breaks its SQL: there, a
         # backslash is stored as BACKSLASH_STAND_IN and turned back on reading.
@@ -91,18 +138,21 @@ class Metadata:
         if key not in self._type_ids:
             pb = _pb()
             t = pb.ArtifactType(name=cls.TYPE_NAME)
+            if cls.BASE_TYPE:
+                t.base_type = getattr(pb.ArtifactType, cls.BASE_TYPE)
             for name, kind in cls.PROPERTIES.items():
                 t.properties[name] = _kind(kind)
-            with self._lock:
-                self._type_ids[key] = self.store.put_artifact_type(t, can_add_fields=True)
+            self._type_ids[key] = self._put_type(self.store.put_artifact_type, t, "artifact")
         return self._type_ids[key]
 
     def execution_type_id(self, type_name: str) -> int:
         key = ("execution", type_name)
         if key not in self._type_ids:
             pb = _pb()
-            with self._lock:
-                self._type_ids[key] = self.store.put_execution_type(pb.ExecutionType(name=type_name))
+            t = pb.ExecutionType(name=type_name)
+            if type_name in EXECUTION_BASE_TYPES:
+                t.base_type = getattr(pb.ExecutionType, EXECUTION_BASE_TYPES[type_name])
+            self._type_ids[key] = self._put_type(self.store.put_execution_type, t, "execution")
         return self._type_ids[key]
 
     def context_type_id(self, type_name: str) -> int:
@@ -112,9 +162,25 @@ class Metadata:
             t = pb.ContextType(name=type_name)
             if type_name in ("pipeline_run", "node"):
                 t.properties["pipeline_name"] = pb.STRING
-            with self._lock:
-                self._type_ids[key] = self.store.put_context_type(t, can_add_fields=True)
+            self._type_ids[key] = self._put_type(self.store.put_context_type, t, "context")
         return self._type_ids[key]
+
+    def _put_type(self, put: Any, t: Any, kind: str) -> int:
+        """Register a type. A stored type with more properties is used as it is
+        (as TFX does: a store of an older Conveyor, or of TFX, keeps working);
+        one that contradicts ours cannot be, and MLMD cannot change it."""
+        from ml_metadata import errors
+
+        with self._lock:
+            try:
+                return put(t, can_add_fields=True, can_omit_fields=True)
+            except (errors.AlreadyExistsError, errors.UnimplementedError, errors.InvalidArgumentError) as e:
+                raise ConveyorError(
+                    f"The metadata store {self.path or '(connection config)'} records the {kind} type "
+                    f"{t.name!r} differently from this Conveyor version ({_describe(t)}); it was probably "
+                    f"written by an older Conveyor version. Stores are not migrated: use a fresh metadata "
+                    f"store (a new metadata path or database). MLMD said: {str(e).splitlines()[0]}"
+                ) from e
 
     def context(self, type_name: str, name: str, pipeline_name: str | None = None) -> Any:
         """The context of that type and name, created if it does not exist."""
@@ -133,6 +199,13 @@ class Metadata:
             except errors.AlreadyExistsError:
                 # Another process (a concurrent run) created it meanwhile.
                 return self.store.get_context_by_type_and_name(type_name, name)
+            parent = (
+                self.store.get_context_by_type_and_name("pipeline", pipeline_name)
+                if type_name == "pipeline_run" and pipeline_name else None
+            )
+            if parent is not None:
+                # As TFX links them: a reader finds a pipeline's runs without our pipeline_name.
+                self.store.put_parent_contexts([pb.ParentContext(child_id=ctx.id, parent_id=parent.id)])
             return ctx
 
     def find_context(self, type_name: str, name: str) -> Any:
@@ -195,12 +268,26 @@ class Metadata:
         for k, v in properties.items():
             if v is not None:
                 self._set(e.custom_properties[k], v)
-        pairs = [(self.to_proto(a), _event(pb.Event.INPUT, key, i)) for key, i, a in _flatten(inputs)]
+        groups = self._events(inputs, pb.Event.INPUT)
         with self._lock:
             execution_id, _, _ = self.store.put_execution(
-                e, pairs, list(contexts), reuse_context_if_already_exist=True
+                e, [(proto, ev) for proto, ev, _ in groups], list(contexts), reuse_context_if_already_exist=True
             )
         return execution_id
+
+    def _events(self, artifacts: dict[str, list[Artifact]], kind: int) -> list[tuple[Any, Any, list[Artifact]]]:
+        """(artifact proto, event, the artifacts it stands for) per distinct
+        artifact: MLMD holds one event per artifact and kind, so an artifact
+        under several keys gets one `[key, index]` pair per key, as in TFX."""
+        groups: dict[int, tuple[Any, Any, list[Artifact]]] = {}
+        for key, i, a in _flatten(artifacts):
+            same = a.id if a.id is not None else -id(a)
+            if same in groups:
+                _add_path(groups[same][1], key, i)
+                groups[same][2].append(a)
+            else:
+                groups[same] = (self.to_proto(a), _event(kind, key, i), [a])
+        return list(groups.values())
 
     def finish_execution(
         self,
@@ -210,22 +297,36 @@ class Metadata:
         state: str = "COMPLETE",
         properties: dict[str, Any] | None = None,
     ) -> None:
-        """Publish outputs (LIVE, with OUTPUT events) and set the final state.
-        Artifacts that already have an id (a cache hit) are linked, not copied."""
+        """Publish outputs (LIVE, with OUTPUT events; INTERNAL_OUTPUT for a
+        resolver) and set the final state. Artifacts that already have an id
+        (a cache hit, a resolver's choice) are linked, not copied; new ones get
+        `tfx_version` and `conveyor_version`. An ERROR property is also
+        recorded as TFX's EXECUTION_RESULT."""
         pb = _pb()
+        properties = dict(properties or {})
+        if properties.get(ERROR) is not None:
+            properties[EXECUTION_RESULT] = json.dumps(
+                {"code": _RESULT_CODES.get(state, 2), "resultMessage": properties[ERROR]}
+            )
+        for arts in outputs.values():
+            for art in arts:
+                if art.id is None:
+                    art.custom_properties.setdefault(TFX_VERSION, TFX_PAYLOAD_VERSION)
+                    art.custom_properties.setdefault(CONVEYOR_VERSION, _conveyor_version())
         with self._lock:
             [e] = self.store.get_executions_by_id([execution_id])
             e.last_known_state = getattr(pb.Execution, state)
-            for k, v in (properties or {}).items():
+            for k, v in properties.items():
                 if v is not None:
                     self._set(e.custom_properties[k], v)
-            flat = list(_flatten(outputs))
-            pairs = [(self.to_proto(a), _event(pb.Event.OUTPUT, key, i)) for key, i, a in flat]
+            internal = bool(outputs) and self.execution_type_name(e) == RESOLVER_TYPE_NAME
+            groups = self._events(outputs, pb.Event.INTERNAL_OUTPUT if internal else pb.Event.OUTPUT)
             _, artifact_ids, _ = self.store.put_execution(
-                e, pairs, list(contexts), reuse_context_if_already_exist=True
+                e, [(proto, ev) for proto, ev, _ in groups], list(contexts), reuse_context_if_already_exist=True
             )
-        for (_, _, art), new_id in zip(flat, artifact_ids, strict=True):
-            art.id = new_id
+        for (_, _, arts), new_id in zip(groups, artifact_ids, strict=True):
+            for art in arts:
+                art.id = new_id
 
     def set_execution_properties(self, execution_id: int, properties: dict[str, Any]) -> None:
         """Add custom properties to an execution, leaving its state."""
@@ -260,14 +361,14 @@ class Metadata:
         artifacts = {a.id: a for a in self.artifacts_by_id([ev.artifact_id for ev in events])}
         result: dict[str, list[tuple[int, Artifact]]] = {}
         for ev in events:
-            key = ev.path.steps[0].key if ev.path.steps else ""
-            index = ev.path.steps[1].index if len(ev.path.steps) > 1 else 0
             if ev.artifact_id in artifacts:
-                result.setdefault(key, []).append((index, artifacts[ev.artifact_id]))
+                for key, index in event_paths(ev):
+                    result.setdefault(key, []).append((index, artifacts[ev.artifact_id]))
         return {k: [a for _, a in sorted(v, key=lambda p: p[0])] for k, v in result.items()}
 
     def producer_of(self, artifact_id: int) -> int | None:
-        """The id of the execution that first output this artifact."""
+        """The id of the execution that first output this artifact (OUTPUT
+        events only: a resolver that passed it on is not its producer)."""
         pb = _pb()
         with self._lock:
             events = self.store.get_events_by_artifact_ids([artifact_id])
@@ -306,11 +407,42 @@ def _get_value(value: Any) -> Any:
 
 
 def _event(kind: int, key: str, index: int) -> Any:
-    pb = _pb()
-    ev = pb.Event(type=kind)
+    ev = _pb().Event(type=kind)
+    _add_path(ev, key, index)
+    return ev
+
+
+def _add_path(ev: Any, key: str, index: int) -> None:
     ev.path.steps.add().key = key
     ev.path.steps.add().index = index
-    return ev
+
+
+def event_paths(ev: Any) -> list[tuple[str, int]]:
+    """An event's (key, index) pairs: `[key, index]`, or `[k1, i1, k2, i2, ...]`
+    for an artifact under several keys of one execution (as TFX writes it)."""
+    steps = list(ev.path.steps)
+    pairs = []
+    for j in range(0, len(steps), 2):
+        key = steps[j].key if steps[j].HasField("key") else ""
+        index = steps[j + 1].index if j + 1 < len(steps) and steps[j + 1].HasField("index") else 0
+        pairs.append((key, index))
+    return pairs
+
+
+def _describe(t: Any) -> str:
+    """A type as registered: its base type and properties."""
+    pb = _pb()
+    names = {v: k for k, v in pb.PropertyType.items()}
+    has_base = "base_type" in t.DESCRIPTOR.fields_by_name and t.HasField("base_type")
+    base = type(t).SystemDefinedBaseType.Name(t.base_type) if has_base else "none"
+    props = ", ".join(f"{k}: {names[v]}" for k, v in sorted(t.properties.items())) or "none"
+    return f"base type {base}, properties {props}"
+
+
+def _conveyor_version() -> str:
+    from conveyor import __version__
+
+    return __version__
 
 
 def _flatten(artifacts: dict[str, list[Artifact]]) -> Iterable[tuple[str, int, Artifact]]:

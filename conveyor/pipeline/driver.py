@@ -67,20 +67,25 @@ CODE_DIR = "_code"
 
 
 def component_type_name(component: Component) -> str:
-    return component.type_name()
+    """The node's MLMD execution type: the one TFX records every resolver
+    under for a resolver (`EXECUTION_TYPE`; its outputs become
+    INTERNAL_OUTPUT), the component's own type otherwise."""
+    return getattr(component, "EXECUTION_TYPE", None) or component.type_name()
 
 
 def execution_properties(component: Component, params: dict[str, Any]) -> dict[str, Any]:
     """The custom properties of a node's execution: its parameters under
-    their own names (JSON for structured ones; secrets masked) and its
-    component id."""
+    their own names (as TFX: booleans as 0/1, JSON for structured ones;
+    secrets masked) and its component id."""
     properties = {name: _mlmd_value(v) for name, v in redact(params).items()}
     properties[mdstore.COMPONENT_ID] = component.id
     return properties
 
 
 def _mlmd_value(value: Any) -> Any:
-    return value if isinstance(value, (str, int, float)) and not isinstance(value, bool) else json.dumps(value)
+    if isinstance(value, bool):
+        return int(value)  # TFX records a boolean parameter as an int
+    return value if isinstance(value, (str, int, float)) else json.dumps(value)
 
 
 # -- cache ---------------------------------------------------------------------
@@ -157,28 +162,76 @@ def output_artifacts(root: str, component: Component, execution_id: int) -> dict
     return outputs
 
 
-def stage_user_code(component: Component, params: dict[str, Any], root: str) -> dict[str, Any]:
-    """`params` with each user module file of the node replaced by its copy
-    under `<root>/_code/<content hash>/` when the root is on an object store,
-    so Beam workers that see nothing of this machine load it from there
-    (and what runs is exactly what the cache key hashed). The module's local
-    imports are copied beside it. Parameters are unchanged for a local root."""
-    if not fs.is_remote(root):
-        return params
+def stage_user_code(component: Component, params: dict[str, Any], root: str,
+                    hashed: dict[str, str] | None = None) -> dict[str, Any]:
+    """`params` with each user module file of the node replaced by its
+    snapshot under `<root>/_code/<content hash>/`, the local modules it
+    imports beside it, so what runs is what the cache key hashed: an edit
+    made while the run goes on reaches the next run, not this one. On an
+    object store, Beam workers that see nothing of this machine load it from
+    there too. `hashed` are the cache key's parts: a file whose snapshot is
+    not what they hashed (edited between the two) is refused rather than
+    run under a key that does not describe it. Each snapshot is written
+    once, whole (on a local disk, renamed into place)."""
     staged = dict(params)
     for name in component.CODE_PARAMS:
         module_file = params.get(name)
         if not (isinstance(module_file, str) and module_file.endswith(".py")) or not fs.isfile(module_file):
             continue  # not a file: the executor reports it
-        files = user_code_files(module_file)
-        target = fs.join(root, CODE_DIR, fingerprint_files(files)[:16])
-        base = fs.dirname(fs.abspath(module_file))
-        if not fs.is_complete(target):
-            for f in files:
-                fs.copy(f, fs.join(target, *fs.relpath(f, base).split("/")))
-            fs.mark_complete(target)
-        staged[name] = fs.join(target, fs.basename(module_file))
+        staged[name] = _snapshot_code(component.id, module_file, root, hashed or {})
     return staged
+
+
+def _snapshot_code(component_id: str, module_file: str, root: str, hashed: dict[str, str]) -> str:
+    """The snapshot of a module file and its local imports; its path."""
+    import hashlib
+
+    base = fs.dirname(fs.abspath(module_file))
+    # Each file is read once: the bytes named by the hash are the bytes written.
+    contents = {fs.relpath(f, base): fs.read_bytes(f) for f in user_code_files(module_file)}
+    digest = hashlib.sha256()
+    for rel, data in sorted(contents.items()):
+        digest.update(f"{rel}\0{hashlib.sha256(data).hexdigest()}\0".encode())
+    target = fs.join(root, CODE_DIR, digest.hexdigest()[:16])
+    if not fs.is_complete(target):
+        _write_snapshot(target, contents)
+    for rel in sorted(contents):
+        # fingerprint_files hashes a file's name and content, as the cache key did.
+        if hashed.get(f"code:{rel}", None) not in (None, fingerprint_files([fs.join(target, rel)])):
+            from conveyor.errors import ExecutorError
+
+            raise ExecutorError(
+                f"{component_id}: {fs.join(base, rel)} changed after this run computed the node's cache key "
+                f"from it; nothing was run. Run again: the new key covers the new code."
+            )
+    return fs.join(target, fs.basename(module_file))
+
+
+def _write_snapshot(target: str, contents: dict[str, bytes]) -> None:
+    """Write files under `target`, then its completion marker. On a local
+    disk they go to a private folder renamed into place, so two runs
+    staging the same code never see each other's partial files; an object
+    store has no rename, and concurrent writers put identical objects."""
+    if fs.is_remote(target):
+        for rel, data in contents.items():
+            fs.write_bytes(fs.join(target, *rel.split("/")), data)
+        fs.mark_complete(target)
+        return
+    import threading
+
+    partial = f"{target}.{os.getpid()}.{threading.get_ident()}.partial"
+    fs.rmtree(partial)
+    for rel, data in contents.items():
+        fs.write_bytes(fs.join(partial, *rel.split("/")), data)
+    fs.mark_complete(partial)
+    try:
+        fs.rename(partial, target)
+    except OSError:
+        if not fs.is_complete(target):  # not another run's snapshot: a leftover
+            fs.rmtree(target)
+            fs.rename(partial, target)
+    finally:
+        fs.rmtree(partial)
 
 
 _LOOPBACK = ("localhost", "127.0.0.1", "::1", "")

@@ -12,6 +12,7 @@ bad input found late leaves the output empty.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import uuid
 from typing import Any
@@ -50,6 +51,9 @@ class CsvExampleGenParams:
     # "parquet" (fastest to decode) or "tfrecords_gzip" (tf.Example, for
     # tools that read TFX's format).
     output_file_format: str = "parquet"
+    # The one ASCII character between fields: "," ";" "\t" "|" ... (quoting
+    # stays RFC 4180's double quote).
+    delimiter: str = ","
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,13 +98,25 @@ class _ExampleGen(Component):
 
 
 class CsvExampleGen(_ExampleGen):
-    """Reads CSV files (a header line, then one row a line) under `input_base`
-    into Examples. Column types are inferred over the whole input as in TFX:
-    int64 if every non-empty value is an integer, else double if every one is
-    a number, else string; an empty field is a null."""
+    """Reads CSV files (a header line, then one row a line, fields separated
+    by `delimiter`, "," by default) under `input_base` into Examples. A header
+    that looks written with another delimiter is an error naming it. Column
+    types are inferred over the whole input as in TFX: int64 if every
+    non-empty value is an integer, else double if every one is a number, else
+    string; an empty field is a null."""
 
     Params = CsvExampleGenParams
     EXECUTOR = "conveyor.components.example_gen:run_csv"
+
+    def check(self) -> None:
+        super().check()
+        d = self.params.delimiter
+        # pyarrow takes one ASCII byte; a quote or line break would make every file unreadable.
+        if len(d) != 1 or not d.isascii() or d in '"\r\n':
+            raise PipelineDefinitionError(
+                f"{self._where()}: delimiter {d!r} must be one ASCII character other than a double quote or "
+                f"a line break, e.g. ',' (the default), ';', '\\t' or '|'."
+            )
 
 
 class ImportExampleGen(_ExampleGen):
@@ -164,19 +180,20 @@ def _first_problem(error: Any) -> InputProblem:
 
 
 def _write_csv(
-    ctx: ExecutionContext, resolved: ResolvedInput, plan_split: SplitPlan, output: _Output, file_format: str
+    ctx: ExecutionContext, resolved: ResolvedInput, plan_split: SplitPlan, output: _Output, file_format: str,
+    delimiter: str = ",",
 ) -> dict[str, int]:
     """Write with the types guessed from a sample; if a later value does not
     fit, learn every column's type from all its values and write again. A
     file whose byte ranges cut a quoted field is read whole."""
     from conveyor.components.example_gen import csv_input, pipeline
 
-    plan = csv_input.plan_csv(resolved.files)
+    plan = csv_input.plan_csv(resolved.files, delimiter)
     _check_partition_feature(plan_split, plan.names)
     kinds, exact, whole = plan.sample_kinds, False, set()
     while True:
         schema = plan.schema(kinds)
-        reader = csv_input.CsvReader(tuple(plan.names), schema, exact)
+        reader = csv_input.CsvReader(tuple(plan.names), schema, exact, delimiter)
         try:
             return pipeline.write_examples(
                 ctx, plan.ranges(whole), reader, plan_split, schema, output.split_dirs, file_format,
@@ -197,7 +214,8 @@ def _exact_kinds(ctx: ExecutionContext, plan: Any, whole: set[str], output: _Out
     """Every column's kind from all its values, read as text on the workers."""
     from conveyor.components.example_gen import csv_input, pipeline
 
-    reader = csv_input.CsvReader(tuple(plan.names), plan.schema(plan.sample_kinds), exact=True)
+    reader = csv_input.CsvReader(tuple(plan.names), plan.schema(plan.sample_kinds), exact=True,
+                                 delimiter=plan.delimiter)
     while True:
         try:
             parts = pipeline.analyze(ctx, plan.ranges(whole), reader.kinds, output.work_dir)
@@ -302,8 +320,8 @@ def run_csv(
     """CsvExampleGen's executor."""
     del inputs
     _generate(
-        outputs, params.input_base, params.input_config, params.output_config, ctx, _write_csv,
-        params.output_file_format,
+        outputs, params.input_base, params.input_config, params.output_config, ctx,
+        functools.partial(_write_csv, delimiter=params.delimiter), params.output_file_format,
     )
 
 

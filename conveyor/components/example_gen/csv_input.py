@@ -24,7 +24,9 @@ run that succeeds read every row as the whole file would have.)
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import json
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -39,6 +41,7 @@ __all__ = [
     "CsvReader",
     "plan_csv",
     "csv_problem",
+    "delimiter_problem",
     "merge_kinds",
     "arrow_type",
     "RANGE_BYTES",
@@ -61,12 +64,13 @@ def _csv_options(
     column_names: list[str] | None = None,
     block_size: int = _CSV_BLOCK,
     newlines_in_values: bool = False,
+    delimiter: str = ",",
 ) -> dict[str, Any]:
     import pyarrow.csv as pcsv
 
     return {
         "read_options": pcsv.ReadOptions(block_size=block_size, column_names=column_names),
-        "parse_options": pcsv.ParseOptions(newlines_in_values=newlines_in_values),
+        "parse_options": pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=newlines_in_values),
         # Only an empty field is missing (TFX's rule): "NA" or "null" are values.
         "convert_options": pcsv.ConvertOptions(
             column_types=column_types, null_values=[""], strings_can_be_null=True,
@@ -92,12 +96,16 @@ def _lines(f: Any) -> Iterator[bytes]:
 
 
 def _find_line(path: str, text: str, opener: Callable[[str], Any]) -> int | None:
-    """The line number of the first line equal to `text` (1 is the header)."""
-    text = text.rstrip("\r\n")
+    """The line number where the first row equal to `text` begins (1 is the
+    header); a row holding quoted newlines spans several lines."""
+    want = [part.rstrip("\r") for part in text.rstrip("\r\n").split("\n")]
+    window: collections.deque[str] = collections.deque(maxlen=len(want))
     with opener(path) as f:
         for number, line in enumerate(_lines(f), 1):
-            if number > 1 and line.rstrip(b"\r\n").decode("utf-8", "replace") == text:
-                return number
+            window.append(line.rstrip(b"\r\n").decode("utf-8", "replace"))
+            start = number - len(want) + 1
+            if start > 1 and list(window) == want:
+                return start
     return None
 
 
@@ -105,7 +113,9 @@ def _driver_open(path: str) -> Any:
     return fs.open(path, "rb")
 
 
-def csv_problem(path: str, error: Exception, opener: Callable[[str], Any] = _driver_open) -> InputProblem:
+def csv_problem(
+    path: str, error: Exception, opener: Callable[[str], Any] = _driver_open, delimiter: str = ","
+) -> InputProblem:
     """The InputProblem for pyarrow's error reading a CSV file (`opener`
     opens the file to find the bad line: conveyor.fs on the driver, Beam's
     FileSystems on a worker)."""
@@ -118,8 +128,8 @@ def csv_problem(path: str, error: Exception, opener: Callable[[str], Any] = _dri
         shown = row if len(row) <= 200 else row[:200] + "..."
         return InputProblem(
             f"CSV file {path}: {where} has {m.group(2)} fields but the header has {m.group(1)}: "
-            f"{shown!r}. Every row needs one field per header column (quote fields that hold a comma); "
-            f"fix or remove the row."
+            f"{shown!r}. Every row needs one field per header column (quote fields that hold the "
+            f"delimiter {delimiter!r}); fix or remove the row."
         )
     if "invalid UTF8" in message or "UTF8" in message:
         return InputProblem(
@@ -228,6 +238,7 @@ class CsvPlan:
     names: list[str]  # the columns, in the first file's order
     sample_kinds: dict[str, str]
     files: list[CsvFile]
+    delimiter: str = ","
 
     def schema(self, kinds: dict[str, str]) -> Any:
         import pyarrow as pa
@@ -279,15 +290,85 @@ def _header_end(path: str) -> int:
                 return pos + 1 if m.group() == b"\r" and data[pos:pos + 1] == b"\n" else pos
 
 
-def plan_csv(files: dict[str, list[str]]) -> CsvPlan:
+# Delimiters a header written for another one is recognised by.
+_DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+def _head(path: str, header_end: int) -> bytes:
+    """The header and the first line after it."""
+    with fs.open(path, "rb") as f:
+        data = f.read(header_end + (64 << 10))
+    nl = data.find(b"\n", header_end)
+    return data if nl < 0 else data[:nl + 1]
+
+
+def _columns(data: bytes, delimiter: str) -> tuple[list[str], int] | None:
+    """The header's names and how many rows follow, read with `delimiter`;
+    None if the rows do not all have one field per name."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    try:
+        table = pcsv.read_csv(
+            pa.BufferReader(data),
+            # One thread: pyarrow 10's threaded read_csv can abort the process at exit after a parse error.
+            read_options=pcsv.ReadOptions(use_threads=False),
+            parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+            convert_options=pcsv.ConvertOptions(column_types={}, strings_can_be_null=True),
+        )
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        return None
+    return table.column_names, table.num_rows
+
+
+def delimiter_problem(path: str, head: bytes, header_end: int, delimiter: str) -> InputProblem | None:
+    """An InputProblem when the header looks written for another delimiter:
+    the configured one reads it as one column (or at most half as many as
+    another), while another splits it into distinct, non-empty names and the
+    first row into as many fields. A comma-separated header where one name
+    holds a '|' is not one: '|' gives fewer columns there. `head`: the
+    header (`header_end` bytes) and the line after it."""
+    configured = _columns(head[:header_end], delimiter)
+    if configured is None:
+        return None  # The normal read reports what is wrong.
+    names = configured[0]
+    best: tuple[str, list[str]] | None = None
+    for candidate in _DELIMITER_NAMES:
+        if candidate == delimiter or candidate.encode() not in head[:header_end]:
+            continue
+        found = _columns(head, candidate)
+        if found is None or found[1] < 1:
+            continue  # no first row, or one with another field count: no evidence
+        split, _ = found
+        plausible = len(split) >= 2 and all(n.strip() for n in split) and len(set(split)) == len(split)
+        if plausible and (len(names) == 1 or len(split) >= 2 * len(names)):
+            if best is None or len(split) > len(best[1]):
+                best = (candidate, split)
+    if best is None:
+        return None
+    candidate, split = best
+    shown = split if len(split) <= 30 else [*split[:30], "..."]
+    label = _DELIMITER_NAMES[candidate]
+    return InputProblem(
+        f"The header of CSV file {path} looks {candidate!r}-delimited ({label}): split at {candidate!r} it "
+        f"has the {len(split)} columns {shown}, and the first row as many fields, but with delimiter "
+        f"{delimiter!r} it reads as {len(names)} column{'s' if len(names) != 1 else ''} "
+        f"{names if len(names) <= 30 else [*names[:30], '...']}. Set delimiter={json.dumps(candidate)} on "
+        f"CsvExampleGen if the file is {label}-separated, or fix the file."
+    )
+
+
+def plan_csv(files: dict[str, list[str]], delimiter: str = ",") -> CsvPlan:
     """Read each file's header and first block on the driver: the columns,
     the guessed types and the byte layout; InputProblem for an empty file, a
-    bad or differing header, or a header without rows."""
+    header that looks written for another delimiter, a bad or differing
+    header, or a header without rows."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
     headers: dict[str, list[str]] = {}
     samples: dict[str, Any] = {}
+    header_ends: dict[str, int] = {}
     sizes = {st.path: st.size for st in fs.stat_many([p for paths in files.values() for p in paths])}
     for paths in files.values():
         for path in paths:
@@ -296,9 +377,23 @@ def plan_csv(files: dict[str, list[str]]) -> CsvPlan:
                     f"CSV file {path} is empty (0 bytes); expected a header line and rows. Remove the file "
                     f"or fill it."
                 )
+            header_ends[path] = _header_end(path)
+            head = _head(path, header_ends[path])
+            try:
+                head[:header_ends[path]].decode("utf-8")
+            except UnicodeDecodeError as e:
+                # pyarrow would hand back undecodable column names.
+                raise InputProblem(
+                    f"CSV file {path}: the header is not valid UTF-8 (byte {e.start}: "
+                    f"{head[e.start:e.start + 1]!r}); expected UTF-8 text. Re-encode the file as UTF-8."
+                ) from None
+            # Before reading rows: a wrong delimiter makes them look ragged.
+            problem = delimiter_problem(path, head, header_ends[path], delimiter)
+            if problem is not None:
+                raise problem
             filesystem, inner = fs.arrow_filesystem(path)
             try:
-                reader = pcsv.open_csv(filesystem.open_input_stream(inner), **_csv_options())
+                reader = pcsv.open_csv(filesystem.open_input_stream(inner), **_csv_options(delimiter=delimiter))
                 names = reader.schema.names
                 if len(set(names)) != len(names) or any(not n for n in names):
                     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -312,7 +407,7 @@ def plan_csv(files: dict[str, list[str]]) -> CsvPlan:
                 except StopIteration:
                     first = 0
             except pa.ArrowInvalid as e:
-                raise csv_problem(path, e) from None
+                raise csv_problem(path, e, delimiter=delimiter) from None
             headers[path] = names
             samples[path] = (reader.schema, first)
     first_path, names = next(iter(headers.items()))
@@ -338,9 +433,9 @@ def plan_csv(files: dict[str, list[str]]) -> CsvPlan:
         for path in paths:
             planned.append(CsvFile(
                 index=len(planned), path=path, input_split=split, columns=tuple(headers[path]),
-                size=sizes[path], header_end=_header_end(path),
+                size=sizes[path], header_end=header_ends[path],
             ))
-    return CsvPlan(names=names, sample_kinds=kinds, files=planned)
+    return CsvPlan(names=names, sample_kinds=kinds, files=planned, delimiter=delimiter)
 
 
 # ---------------------------------------------------------------------------
@@ -409,6 +504,7 @@ class CsvReader:
     names: tuple[str, ...]
     schema: Any  # pyarrow.Schema
     exact: bool = False  # types known from every value: a conversion error is bad input
+    delimiter: str = ","
 
     def batches(self, item: CsvRange) -> Iterator[Any]:
         import pyarrow as pa
@@ -438,7 +534,8 @@ class CsvReader:
                 if item.whole:
                     reader = pcsv.open_csv(
                         pa.PythonFile(f, mode="r"),
-                        **_csv_options(types, block_size=_PARSE_BLOCK, newlines_in_values=True),
+                        **_csv_options(types, block_size=_PARSE_BLOCK, newlines_in_values=True,
+                                       delimiter=self.delimiter),
                     )
                     yield from reader
                     return
@@ -452,7 +549,7 @@ class CsvReader:
             yield from pcsv.open_csv(
                 pa.BufferReader(data),
                 **_csv_options(types, column_names=list(item.file.columns), block_size=_PARSE_BLOCK,
-                               newlines_in_values=quotes > 0),
+                               newlines_in_values=quotes > 0, delimiter=self.delimiter),
             )
         except pa.ArrowInvalid as e:
             if not item.whole and item.index > 0:
@@ -463,4 +560,4 @@ class CsvReader:
                         raise RetryNeeded("resplit", item.path) from None
             if "conversion error" in str(e) and not self.exact:
                 raise RetryNeeded("types", str(e)) from None
-            raise csv_problem(item.path, e, open_on_worker) from None
+            raise csv_problem(item.path, e, open_on_worker, self.delimiter) from None
