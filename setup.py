@@ -25,6 +25,7 @@ setup(
         "protobuf",
         "numpy",
         "pandas",
+        "rich",
     ],
     extras_require={"test": ["pytest", "ruff", "playwright"]},
     entry_points={"console_scripts": ["conveyor=conveyor.cli:entry"]},

@@ -1,6 +1,6 @@
 """The `conveyor` command.
 
-    conveyor run PIPELINE.py [--no-cache] [--metadata PATH] [--launcher thread|process] [BEAM FLAGS ...]
+    conveyor run PIPELINE.py [--no-cache] [--metadata PATH] [--launcher thread|process] [-v] [BEAM FLAGS ...]
     conveyor compile PIPELINE.py
 
 Asking the store questions (see conveyor.lineage); each takes the store as
@@ -13,6 +13,7 @@ or a pipeline file first, prints text, or JSON with --json:
     conveyor diff [PIPELINE.py] RUN RUN
     conveyor why [PIPELINE.py] RUN NODE
     conveyor logs [PIPELINE.py] RUN NODE
+    conveyor replay [PIPELINE.py] RUN NODE [--scratch DIR] [--set NAME=VALUE]
 
 RUN is a run id, a unique prefix of one, `latest`, `previous` or `latest~N`;
 ARTIFACT an artifact id. Exit codes: 0 answered, 1 not found (no store, run,
@@ -47,8 +48,9 @@ from conveyor.errors import ConveyorError, PipelineDefinitionError
 from conveyor.lineage import LineageNotFoundError
 from conveyor.metadata.config import check_metadata
 from conveyor.pipeline.dsl import Pipeline
+from conveyor.replay import add_replay_command
 
-__all__ = ["main", "entry", "load_pipeline"]
+__all__ = ["main", "entry", "load_pipeline", "add_store_arguments"]
 
 
 def load_pipeline(path: str) -> Pipeline:
@@ -85,7 +87,7 @@ def _run(args: argparse.Namespace) -> int:
 
     pipeline = _pipeline(args)
     runner = LocalRunner(enable_cache=not args.no_cache, beam_pipeline_args=args.beam_arg, max_workers=args.workers,
-                         launcher=args.launcher, run_from=args.run_from)
+                         launcher=args.launcher, run_from=args.run_from, verbose=args.verbose)
     if args.run_from:
         try:
             pipeline.component(args.run_from)  # an unknown node is an error before anything runs
@@ -106,7 +108,8 @@ def _run(args: argparse.Namespace) -> int:
         os._exit(130)
     failed = [n for n in result.nodes.values() if n.state == "FAILED"]
     for n in failed:
-        print(f"\nFAILED {n.component_id} (execution {n.execution_id}):\n{n.error}", file=sys.stderr)
+        log = f", log {n.log_path}" if n.log_path else ""
+        print(f"\nFAILED {n.component_id} (execution {n.execution_id}{log}):\n{n.error}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -264,8 +267,15 @@ def _logs(args: argparse.Namespace) -> int:
     if found.local_path is None:
         print(found.message, file=sys.stderr)
         return 1
-    with open(found.local_path, encoding="utf-8", errors="replace") as f:
-        sys.stdout.write(f.read())
+    try:
+        text = fs.read_bytes(found.local_path).decode("utf-8", "replace")
+    except OSError as e:
+        print(f"log of {node} in run {found.run_id} (execution #{found.execution_id}): {found.path}: cannot be "
+              f"read here ({e})", file=sys.stderr)
+        return 1
+    where = found.path if found.local_path == found.path else f"{found.local_path} (recorded at {found.path})"
+    print(f"log of {node} in run {found.run_id} (execution #{found.execution_id}): {where}\n")
+    sys.stdout.write(text)
     return 0
 
 
@@ -318,15 +328,20 @@ def _query_parser(sub: Any, name: str, func: Any, help_text: str, targets: str) 
         "targets", nargs="*", metavar="ARG",
         help="[PIPELINE.py] " + targets if targets else "[PIPELINE.py]: read its metadata store, keep to its runs",
     )
+    add_store_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    parser.set_defaults(func=func)
+    return parser
+
+
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """--store and --pipeline, as every command that reads a store takes them."""
     parser.add_argument(
         "--store", "--metadata", dest="store", metavar="PATH_OR_URI",
         help="the metadata store: a SQLite file or the folder holding metadata.sqlite, or a mysql:// or "
              "postgresql:// URI (default: the pipeline file's)",
     )
     parser.add_argument("--pipeline", metavar="NAME", help="keep to the runs of this pipeline")
-    parser.add_argument("--json", action="store_true", help="print JSON, for scripts")
-    parser.set_defaults(func=func)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -348,6 +363,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--launcher", choices=["thread", "process"], default="thread",
         help="run each component in a thread of this process (default) or in a child process of its own "
              "through python -m conveyor.launch (isolated; started ahead, with the ML stack imported)",
+    )
+    run.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="show what TensorFlow, absl, Beam and Keras print on the console; by default it goes to log files "
+             "under <pipeline root>/_logs/<run id>/ (see `conveyor logs`)",
     )
     _metadata_flag(run)
     run.set_defaults(func=_run)
@@ -375,7 +395,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _query_parser(sub, "diff", _diff, "what changed between two runs: nodes re-run and why, parameters, code, "
                   "data, schema, metrics", "RUN_A RUN_B")
     _query_parser(sub, "why", _why, "why a node of a run came, or did not come, from the cache", "RUN NODE")
-    _query_parser(sub, "logs", _logs, "the log recorded for a node of a run", "RUN NODE")
+    _query_parser(sub, "logs", _logs, "the log recorded for a node of a run: its path, then its content",
+                  "RUN NODE")
+    add_replay_command(sub)
 
     ui = _query_parser(sub, "ui", _ui, "serve a read-only web UI of the store on 127.0.0.1", "")
     ui.add_argument("--port", type=int, default=8080, help="the port (default 8080; 0: any free port)")

@@ -14,7 +14,9 @@ alone can use it.
 
 The result goes to `--result` (a local path or an object-store URI), else
 to stdout. Exit code 0 when the executor succeeded, 1 when it failed, 2 when
-the invocation itself cannot be read.
+the invocation itself cannot be read. An invocation with a `log_file` has
+the process's whole output (file descriptors 1 and 2) appended to that
+file before its executor runs (a result for stdout still goes there).
 
     python -m conveyor.launch --serve [--warm]
 
@@ -96,6 +98,10 @@ class Invocation:
     # The file defining the component class when its module cannot be
     # imported by name (a function component in a pipeline file).
     code_file: str = ""
+    # A local file the launcher process appends all its output to (fds 1
+    # and 2: Python, logging, Beam, TensorFlow's C++ logs) before the
+    # executor runs; empty: output stays where the process's goes.
+    log_file: str = ""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
@@ -331,6 +337,7 @@ def _run(invocation_path: str, result_path: str | None) -> int:
     except (OSError, ValueError, TypeError) as e:
         print(f"error: cannot read invocation {invocation_path}: {e}", file=sys.stderr)
         return 2
+    stdout = _output_to(invocation.log_file) if invocation.log_file else None
     try:
         result = execute(invocation)
     except BaseException as e:  # noqa: BLE001 - every failure is reported in the result
@@ -339,9 +346,28 @@ def _run(invocation_path: str, result_path: str | None) -> int:
         result = failure(invocation.component_id, e)
     if result_path:
         fs.write_text(result_path, result.to_json())
+    elif stdout is not None:
+        with open(stdout, "w", encoding="utf-8") as out:
+            out.write(result.to_json() + "\n")
     else:
         print(result.to_json())
     return 0 if result.succeeded else 1
+
+
+def _output_to(log_file: str) -> int:
+    """Append all this process's output (fds 1 and 2, so TensorFlow's C++
+    logs and Beam's too) to `log_file` from now on; a copy of the stdout it
+    replaced. Whatever wrote before (a warm-up's imports) stays where it went."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1)
+    fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)
+    return saved
 
 
 if __name__ == "__main__":

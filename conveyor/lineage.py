@@ -346,15 +346,16 @@ class Store:
         context, whichever holds it, as a Python value."""
         for field in (proto.properties, proto.custom_properties):
             if name in field:
-                return self._python(field[name])
+                return self.python_value(field[name])
         return default
 
     def values(self, proto: Any) -> dict[str, Any]:
-        found = {k: self._python(v) for k, v in proto.custom_properties.items()}
-        found.update({k: self._python(v) for k, v in proto.properties.items()})
+        found = {k: self.python_value(v) for k, v in proto.custom_properties.items()}
+        found.update({k: self.python_value(v) for k, v in proto.properties.items()})
         return found
 
-    def _python(self, v: Any) -> Any:
+    def python_value(self, v: Any) -> Any:
+        """An MLMD Value as a Python value (int, float, str, JSON struct, ...)."""
         which = v.WhichOneof("value")
         if which is None:
             return None
@@ -1275,7 +1276,8 @@ def _pairs(a: dict[str, str], b: dict[str, str]) -> dict[str, tuple[str | None, 
 
 def logs(store: Store | str, run_id: str, node_id: str, pipeline: str | None = None) -> LogRecord:
     """Where the log of a node's execution in a run is, if one was recorded
-    (an execution property named in LOG_PROPERTIES); otherwise `path` is
+    (an execution property named in LOG_PROPERTIES: a quiet Conveyor run
+    records `__log_path__` on each execution that ran); otherwise `path` is
     None and `message` says so."""
     store = open_store(store)
     run_ctx = resolve_run(store, run_id, pipeline)
@@ -1289,12 +1291,15 @@ def logs(store: Store | str, run_id: str, node_id: str, pipeline: str | None = N
             message = ("" if files != "gone" else
                        f"the log recorded for execution #{e.id} ({recorded}) is gone")
             return LogRecord(run_ctx.name, node_id, e.id, str(recorded), local, message)
-    return LogRecord(
-        run_ctx.name, node_id, e.id, None, None,
-        f"no log was recorded for node {node_id!r} in run {run_ctx.name} (execution #{e.id}): this store's "
-        f"executions carry no log path; the run's own output (the terminal, or wherever it was redirected) "
-        f"has the node's messages.",
-    )
+    if _state(e) == "CACHED":
+        why = "it was CACHED, so nothing ran (`why` names the execution whose outputs it reused)."
+    elif _is_resolver(store.execution_type(e.type_id), node_id):
+        why = "a resolver only picks artifacts from the store; its choice is in `show`."
+    else:
+        why = ("this store's executions carry no log path (not a quiet Conveyor run: TFX, or `conveyor run -v`); "
+               "the run's own output (the terminal, or wherever it was redirected) has the node's messages.")
+    return LogRecord(run_ctx.name, node_id, e.id, None, None,
+                     f"no log was recorded for node {node_id!r} in run {run_ctx.name} (execution #{e.id}): {why}")
 
 
 # ---------------------------------------------------------------------------

@@ -185,3 +185,20 @@ def test_two_different_pipelines_share_one_store_at_the_same_time(tmp_path):
     after = _executions_by_pipeline(md)
     assert not after["alpha"] & after["beta"]
     assert len(after["alpha"]) == 2 * len(NODES["alpha"]) and len(after["beta"]) == 2 * len(NODES["beta"])
+
+
+def test_one_run_id_cannot_be_two_pipelines_runs(tmp_path):
+    import pytest
+
+    from conveyor import LocalRunner, Pipeline
+    from conveyor.errors import PipelineDefinitionError
+    from tests.lightweight import make_rows
+
+    store = str(tmp_path / "metadata.sqlite")
+    first = Pipeline("first", str(tmp_path / "a"), [make_rows()], metadata=store)
+    second = Pipeline("second", str(tmp_path / "b"), [make_rows()], metadata=store)
+    LocalRunner(launcher="thread").run(first, run_id="nightly")
+    with pytest.raises(PipelineDefinitionError, match="run id 'nightly' is already a run of pipeline 'first'"):
+        LocalRunner(launcher="thread").run(second, run_id="nightly")
+    # The same pipeline may use it again (a re-run under its own id).
+    assert LocalRunner(launcher="thread").run(first, run_id="nightly").nodes["make_rows"].state == "CACHED"

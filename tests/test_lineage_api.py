@@ -322,8 +322,13 @@ def test_conveyor_served_model_provenance(taxi):
 def test_conveyor_logs_name_the_execution(taxi):
     record = lineage.logs(taxi["store"], "r2", "trainer")
     assert record.execution_id == taxi["r2"].nodes["trainer"].execution_id
-    if record.path is None:
-        assert "no log was recorded" in record.message
+    assert record.path == taxi["r2"].nodes["trainer"].log_path == os.path.join(
+        taxi["root"], "_logs", "r2", f"trainer-{record.execution_id}.log")
+    assert record.local_path == record.path and record.message == ""
+    with open(record.local_path) as f:
+        assert " - loss: " in f.read()  # Keras' training output
+    cached = lineage.logs(taxi["store"], "r2", "csv_example_gen")
+    assert cached.path is None and "it was CACHED, so nothing ran" in cached.message
 
 
 def test_cli_on_the_conveyor_store(taxi):

@@ -32,6 +32,12 @@ CACHE_KEY = "__cache_key__"
 CACHE_KEY_PARTS = "__cache_key_parts__"
 ERROR = "__error__"
 COMPONENT_ID = "__component_id__"
+# What ran, so `conveyor replay` can run it again: "module:QualName" of the
+# component class, its executor, and the file defining the class (for a
+# class whose module cannot be imported by name, as in a pipeline file).
+COMPONENT_CLASS = "__component_class__"
+EXECUTOR = "__executor__"
+CODE_FILE = "__code_file__"
 RERUN_REASON = "__rerun_reason__"
 # See Metadata._set: how a backslash is stored in a PostgreSQL store.
 BACKSLASH_STAND_IN = "\u29f5"
@@ -40,6 +46,8 @@ BACKSLASH_STAND_IN = "\u29f5"
 OWNER = "__owner__"
 ATTEMPTS = "__attempts__"
 RETRIED_ERRORS = "__retried_errors__"
+# The execution's log file (conveyor.pipeline.console), set when it starts.
+LOG_PATH = "__log_path__"
 # TFX's name for a failure: JSON of an ExecutionResult {"code", "resultMessage"}.
 EXECUTION_RESULT = "__execution_result__"
 # google.rpc codes TFX records for a failed / a stopped execution.

@@ -76,10 +76,25 @@ def component_type_name(component: Component) -> str:
 def execution_properties(component: Component, params: dict[str, Any]) -> dict[str, Any]:
     """The custom properties of a node's execution: its parameters under
     their own names (as TFX: booleans as 0/1, JSON for structured ones;
-    secrets masked) and its component id."""
+    secrets masked), its component id, and its component class, executor
+    and class file (what `conveyor.replay` runs again)."""
     properties = {name: _mlmd_value(v) for name, v in redact(params).items()}
     properties[mdstore.COMPONENT_ID] = component.id
+    properties[mdstore.COMPONENT_CLASS] = _class_path(type(component))
+    properties[mdstore.EXECUTOR] = _executor_path(component)
+    properties[mdstore.CODE_FILE] = _class_file(type(component)) or None
     return properties
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _executor_path(component: Component) -> str:
+    """The executor as an invocation names it: "module:function", or the
+    class's own EXECUTOR attribute (a function component's)."""
+    executor = component.EXECUTOR if isinstance(component.EXECUTOR, str) else ""
+    return executor or f"{_class_path(type(component))}.EXECUTOR"
 
 
 def _mlmd_value(value: Any) -> Any:
@@ -317,11 +332,10 @@ def invocation(
     beam_args: Sequence[str],
 ) -> Invocation:
     cls = type(component)
-    executor = component.EXECUTOR if isinstance(component.EXECUTOR, str) else ""
     return Invocation(
         component_id=component.id,
-        component_class=f"{cls.__module__}:{cls.__qualname__}",
-        executor=executor or f"{cls.__module__}:{cls.__qualname__}.EXECUTOR",
+        component_class=_class_path(cls),
+        executor=_executor_path(component),
         parameters=params,
         inputs=artifacts_to_json(inputs),
         outputs=artifacts_to_json(outputs),

@@ -16,7 +16,7 @@ from conveyor.artifacts import Artifact
 from conveyor.errors import PipelineDefinitionError, closest
 
 __all__ = ["Channel", "Input", "Component", "Pipeline", "NoParams", "to_jsonable", "from_jsonable",
-           "default_metadata_path"]
+           "type_problem", "default_metadata_path"]
 
 
 class Channel:
@@ -231,7 +231,7 @@ class Component:
                         f"({_type_name(hints[f.name])})."
                     )
                 continue
-            problem = _type_problem(values[f.name], hints[f.name])
+            problem = type_problem(values[f.name], hints[f.name])
             if problem:
                 raise PipelineDefinitionError(
                     f"{self._where()} parameter {f.name!r} expects {_type_name(hints[f.name])}, "
@@ -282,21 +282,21 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _type_problem(value: Any, tp: Any) -> str | None:
+def type_problem(value: Any, tp: Any) -> str | None:
     """None when `value` fits the annotation `tp`, else a description of it."""
     if tp is Any:
         return None
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
-        if any(_type_problem(value, a) is None for a in args):
+        if any(type_problem(value, a) is None for a in args):
             return None
         return f"{type(value).__name__} {value!r}"
     if origin in (list, tuple, Sequence):
         if not isinstance(value, (list, tuple)):
             return f"{type(value).__name__} {value!r}"
         for item in value:
-            if args and args[0] is not Ellipsis and _type_problem(item, args[0]):
+            if args and args[0] is not Ellipsis and type_problem(item, args[0]):
                 return f"a list holding {type(item).__name__} {item!r}"
         return None
     if origin is dict:
@@ -357,7 +357,7 @@ def from_jsonable(tp: Any, value: Any) -> Any:
                 if set(value) <= {f.name for f in dataclasses.fields(option)}:
                     return from_jsonable(option, value)
         for option in options:
-            if not dataclasses.is_dataclass(option) and _type_problem(value, option) is None:
+            if not dataclasses.is_dataclass(option) and type_problem(value, option) is None:
                 return from_jsonable(option, value)
         return value
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):

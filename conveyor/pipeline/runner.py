@@ -11,8 +11,10 @@ nothing but its artifacts, parameters and context.
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
 import dataclasses
 import datetime
+import gc
 import json
 import os
 import shutil
@@ -27,11 +29,12 @@ from typing import Any
 
 from conveyor import fs
 from conveyor.artifacts import Artifact
-from conveyor.errors import RunFailedError
+from conveyor.errors import PipelineDefinitionError, RunFailedError
 from conveyor.launch import Invocation, InvocationResult, describe_error, execute, failure
 from conveyor.metadata import store as mdstore
 from conveyor.metadata.store import Metadata
 from conveyor.pipeline import driver
+from conveyor.pipeline.console import Capture, Console, LogFile, execution_log_path, now, quiet, run_log_path
 from conveyor.pipeline.dsl import Component, Pipeline, to_jsonable
 
 __all__ = ["LocalRunner", "RunResult", "NodeResult"]
@@ -51,6 +54,7 @@ class NodeResult:
     outputs: dict[str, list[Artifact]] = dataclasses.field(default_factory=dict)
     rerun_reason: list[str] = dataclasses.field(default_factory=list)
     error: str = ""
+    log_path: str | None = None  # the execution's log (a quiet run's nodes that ran)
 
 
 @dataclasses.dataclass
@@ -87,6 +91,14 @@ class LocalRunner:
     `run_from` names a node that runs again, with everything downstream of
     it, whatever the cache holds.
 
+    A run is quiet unless `verbose=True`: the console shows Conveyor's own
+    lines (to `echo` when given; else to stdout, with a live display of the
+    running nodes when it is a terminal), and what TensorFlow, absl, Beam and
+    Keras print goes to log files under `<root>/_logs/<run_id>/`, one per
+    execution (its path recorded on the execution as `__log_path__`) and
+    run.log (see `conveyor.pipeline.console`). Verbose runs leave the
+    process's output alone and write no logs.
+
     A run first finds the pipeline's executions left RUNNING by a process
     that died (kill -9, a crash) and marks them FAILED, removing their
     partial outputs; then the nodes they belonged to run again.
@@ -103,6 +115,7 @@ class LocalRunner:
         echo: Callable[[str], None] | None = None,
         launcher: str = "thread",
         run_from: str | None = None,
+        verbose: bool = False,
     ) -> None:
         if launcher not in self.LAUNCHERS:
             raise ValueError(f"LocalRunner launcher {launcher!r} is not one of {list(self.LAUNCHERS)}")
@@ -115,7 +128,13 @@ class LocalRunner:
         self.max_workers = max_workers
         self.enable_cache = enable_cache
         self.beam_pipeline_args = list(beam_pipeline_args or [])
-        self.echo = echo or _print
+        self.echo = echo
+        self.verbose = verbose
+        self._console = Console(echo, None)
+        self._capture: Capture | None = None
+        self._logs: dict[int, LogFile] = {}
+        self._run_id = ""
+        self._ran_here = False
 
     def run(self, pipeline: Pipeline, *, run_id: str | None = None, raise_on_failure: bool = True) -> RunResult:
         start = time.monotonic()
@@ -123,14 +142,58 @@ class LocalRunner:
         driver.check_code_reaches_workers(pipeline.components, pipeline.root,
                                           lambda c: self._beam_args(pipeline, c))
         fs.makedirs(pipeline.root)
+        self._run_id, self._logs, self._ran_here = run_id, {}, False
+        run_log = None if self.verbose else LogFile(
+            run_log_path(pipeline.root, run_id),
+            header=f"# conveyor: run {run_id} of pipeline {pipeline.name}, started {now()}\n# below: Conveyor's "
+                   f"lines, and what the run's process wrote to its stdout and stderr that no execution's log took\n",
+        )
+        try:
+            with quiet(run_log) if run_log is not None else contextlib.nullcontext() as capture:
+                self._capture = capture
+                self._console = Console(self.echo, capture, run_log, pipeline.name, len(pipeline.components))
+                try:
+                    run, failed = self._run(pipeline, run_id, start)
+                    if self._ran_here:
+                        # TF objects the executors left in reference cycles go now,
+                        # while TensorFlow is whole: freed at interpreter exit, their
+                        # __del__ (AtomicFunction's) can fail and print tracebacks.
+                        gc.collect()
+                finally:
+                    for execution_id in list(self._logs):
+                        self._close_log(execution_id)
+                    self._console.close()
+        finally:
+            self._capture = None
+            problem = run_log.close() if run_log is not None else None
+            if problem:
+                self._say(f"pipeline {pipeline.name}: {problem}")
+        if failed is not None and raise_on_failure:
+            where = f", log {failed.log_path}" if failed.log_path else ""
+            raise RunFailedError(
+                f"Pipeline {pipeline.name!r} run {run_id} failed at component {failed.component_id!r} "
+                f"(execution {failed.execution_id}{where}): {failed.error}",
+                component_id=failed.component_id,
+                execution_id=failed.execution_id,
+            )
+        return run
+
+    def _run(self, pipeline: Pipeline, run_id: str, start: float) -> tuple[RunResult, NodeResult | None]:
         md = Metadata(pipeline.metadata)
         pipeline_ctx = md.context("pipeline", pipeline.name)
         run_ctx = md.context("pipeline_run", run_id, pipeline_name=pipeline.name)
+        owner = run_ctx.properties["pipeline_name"].string_value if "pipeline_name" in run_ctx.properties else ""
+        if owner != pipeline.name:
+            # Run ids name contexts store-wide: two pipelines must not share one run.
+            raise PipelineDefinitionError(
+                f"run id {run_id!r} is already a run of pipeline {owner or '(unknown)'!r} in the store "
+                f"{pipeline.metadata}; give this run of {pipeline.name!r} another run_id."
+            )
         # A run stopped before refuses new processes and has its flag set; this one starts afresh.
         self._children, self._cancelled = _Children(), threading.Event()
-        self.echo(f"pipeline {pipeline.name}: run {run_id} ({len(pipeline.components)} components)")
-        self.echo(f"  root {pipeline.root}, metadata {pipeline.metadata}")
-        driver.reconcile(md, pipeline, pipeline_ctx, self.echo)
+        self._say(f"pipeline {pipeline.name}: run {run_id} ({len(pipeline.components)} components)")
+        self._say(f"  root {pipeline.root}, metadata {pipeline.metadata}")
+        driver.reconcile(md, pipeline, pipeline_ctx, self._say)
         forced = _downstream(pipeline, self.run_from) if self.run_from else set()
 
         results: dict[str, NodeResult] = {}
@@ -143,7 +206,8 @@ class LocalRunner:
         pool = futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="conveyor")
         # Spares: enough for the nodes that may start together, few enough
         # that idle ones (~0.7 GB each) cost little memory.
-        launchers = self._launchers = (_Launchers(self._children, spares=min(self.max_workers, 2))
+        launchers = self._launchers = (_Launchers(self._children, spares=min(self.max_workers, 2),
+                                                  inherit_output=self.verbose)
                                        if self.launcher == "process" else None)
 
         def expect(starting: Component | None = None) -> None:
@@ -208,7 +272,8 @@ class LocalRunner:
                     execution.id, [pipeline_ctx, run_ctx], {}, state="CANCELED",
                     properties={mdstore.ERROR: f"run stopped: {type(e).__name__}: {e}"},
                 )
-                self.echo(f"  {component.id:<28} CANCELED")
+                self._close_log(execution.id, f"CANCELED: run stopped: {type(e).__name__}: {e}")
+                self._say(f"  {component.id:<28} CANCELED")
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         if launchers is not None:
@@ -220,14 +285,43 @@ class LocalRunner:
         seconds = time.monotonic() - start
         run = RunResult(pipeline.name, run_id, pipeline.metadata, results, seconds)
         self._summary(run)
-        if failed is not None and raise_on_failure:
-            raise RunFailedError(
-                f"Pipeline {pipeline.name!r} run {run_id} failed at component {failed.component_id!r} "
-                f"(execution {failed.execution_id}): {failed.error}",
-                component_id=failed.component_id,
-                execution_id=failed.execution_id,
-            )
-        return run
+        return run, failed
+
+    def _say(self, line: str) -> None:
+        self._console.say(line)
+
+    def _open_log(self, md: Metadata, pipeline: Pipeline, component: Component, execution_id: int) -> LogFile | None:
+        """The log of an execution about to run (none in a verbose run), its
+        path recorded on the execution now, so a running or crashed one has it too."""
+        if self.verbose:
+            return None
+        if self.launcher == "process":
+            what = "everything the node's process wrote to its stdout and stderr"
+        else:
+            what = (f"what the node's threads wrote through Python (print, logging, warnings, Keras);\n"
+                    f"# output written straight to file descriptors (TensorFlow's C++ logs) is in "
+                    f"{run_log_path(pipeline.root, self._run_id)}")
+        log = LogFile(
+            execution_log_path(pipeline.root, self._run_id, component.id, execution_id),
+            header=f"# conveyor: {component.id}, execution {execution_id} of run {self._run_id} (pipeline "
+                   f"{pipeline.name}, launcher {self.launcher}), started {now()}\n# below: {what}\n",
+        )
+        self._logs[execution_id] = log
+        md.set_execution_properties(execution_id, {mdstore.LOG_PATH: log.path})
+        return log
+
+    def _close_log(self, execution_id: int, outcome: str = "") -> str | None:
+        """End an execution's log with its outcome (copied to an object store
+        now); its path, or None when it has none."""
+        log = self._logs.pop(execution_id, None)
+        if log is None:
+            return None
+        if outcome:
+            log.write(f"\n# conveyor: {outcome}\n")
+        problem = log.close()
+        if problem:
+            self._say(f"  execution {execution_id}: {problem}")
+        return log.path
 
     # -- one node ------------------------------------------------------------------
     @staticmethod
@@ -274,7 +368,8 @@ class LocalRunner:
             md.finish_execution(execution_id, contexts, outputs)
             result = NodeResult(component.id, "COMPLETE", execution_id, time.monotonic() - t0, outputs)
             chosen = ", ".join(f"{k}={[a.id for a in v]}" for k, v in outputs.items())
-            self.echo(f"  {component.id:<28} resolved {chosen}")
+            self._console.ended(component.id)
+            self._say(f"  {component.id:<28} resolved {chosen}")
             return result
 
         key, parts = driver.cache_key(component, inputs, params)
@@ -290,7 +385,7 @@ class LocalRunner:
             if twin is not None:
                 if component.id not in waiting:
                     who = json.loads(twin.custom_properties[mdstore.OWNER].string_value)
-                    self.echo(f"  {component.id:<28} waiting: execution {twin.id} of another run (pid "
+                    self._say(f"  {component.id:<28} waiting: execution {twin.id} of another run (pid "
                               f"{who.get('pid')} on {who.get('host')}) computes the same outputs")
                     waiting.add(component.id)
                 return None
@@ -299,7 +394,8 @@ class LocalRunner:
             if hit is not None:
                 execution_id = md.start_execution(type_name, contexts, inputs, properties)
                 md.finish_execution(execution_id, contexts, hit, state="CACHED")
-                self.echo(f"  {component.id:<28} CACHED")
+                self._console.ended(component.id)
+                self._say(f"  {component.id:<28} CACHED")
                 return NodeResult(component.id, "CACHED", execution_id, time.monotonic() - t0, hit)
         reason = driver.rerun_reason(md, previous, key, parts)
         if forced and previous:
@@ -308,6 +404,7 @@ class LocalRunner:
             properties[mdstore.RERUN_REASON] = "; ".join(reason)
 
         execution_id = md.start_execution(type_name, contexts, inputs, properties)
+        log = self._open_log(md, pipeline, component, execution_id)
         beam_args = self._beam_args(pipeline, component)
         try:
             outputs = driver.output_artifacts(pipeline.root, component, execution_id)
@@ -318,23 +415,31 @@ class LocalRunner:
             component, staged, inputs, outputs, pipeline_name=pipeline.name, root=pipeline.root,
             execution_id=execution_id, beam_args=beam_args,
         )
+        if log is not None and self.launcher == "process":
+            invocation.log_file = log.local
         why = f" (re-run: {'; '.join(reason)})" if reason else ""
-        self.echo(f"  {component.id:<28} running{why}")
+        self._console.running(component.id)
+        self._say(f"  {component.id:<28} running{why}")
         if self._launchers is not None:
             self._launchers.queue()
-        fut = pool.submit(self._launch_with_retries, invocation, type(component), component, outputs)
-        result = NodeResult(component.id, "RUNNING", execution_id, rerun_reason=reason)
+        fut = pool.submit(self._launch_with_retries, invocation, type(component), component, outputs, log)
+        result = NodeResult(component.id, "RUNNING", execution_id, rerun_reason=reason,
+                            log_path=log.path if log is not None else None)
         return fut, component, execution_id, {"outputs": outputs, "result": result}, contexts, t0
 
-    def _launch(self, invocation: Invocation, cls: type, first: bool = True) -> InvocationResult:
+    def _launch(self, invocation: Invocation, cls: type, first: bool = True,
+                log: LogFile | None = None) -> InvocationResult:
         """Run one node's invocation (in a worker thread): in this process,
-        or in a child process through `python -m conveyor.launch` (`first`:
-        the node's first attempt)."""
+        its Python output to `log`, or in a child process through
+        `python -m conveyor.launch` (`first`: the node's first attempt)."""
         try:
             if self.launcher == "process":
                 assert self._launchers is not None
                 return _launch_in_child(invocation, self._launchers, self._children, queued=first)
-            return execute(invocation, cls, self._cancelled)
+            self._ran_here = True
+            capture = self._capture
+            with capture.node(log) if capture is not None and log is not None else contextlib.nullcontext():
+                return execute(invocation, cls, self._cancelled)
         except Exception as e:  # noqa: BLE001 - the result carries every failure
             return failure(invocation.component_id, e)
 
@@ -345,18 +450,21 @@ class LocalRunner:
         )
 
     def _launch_with_retries(self, invocation: Invocation, cls: type, component: Component,
-                             outputs: dict[str, list[Artifact]]) -> tuple[InvocationResult, list[str]]:
+                             outputs: dict[str, list[Artifact]],
+                             log: LogFile | None = None) -> tuple[InvocationResult, list[str]]:
         """Launch, and launch again after a transient failure, as many times
         as the component's `retries` allow (waiting longer each time); the
         result and the errors of the attempts that failed."""
         errors: list[str] = []
         for attempt in range(component.retries + 1):
-            result = self._launch(invocation, cls, first=attempt == 0)
+            result = self._launch(invocation, cls, first=attempt == 0, log=log)
             if result.succeeded or not result.transient or attempt == component.retries:
                 return result, errors
             errors.append(result.error)
             wait = component.retry_backoff_seconds * 2 ** attempt
-            self.echo(f"  {component.id:<28} attempt {attempt + 1} failed ({result.error.splitlines()[0]}); "
+            if log is not None:
+                log.write(f"\n# conveyor: attempt {attempt + 1} failed, retrying in {wait:.1f}s:\n{result.error}\n")
+            self._say(f"  {component.id:<28} attempt {attempt + 1} failed ({result.error.splitlines()[0]}); "
                       f"retrying in {wait:.1f}s")
             driver.remove_outputs(outputs)
             for arts in outputs.values():
@@ -378,7 +486,9 @@ class LocalRunner:
         outputs = driver.publish(md, execution_id, contexts, launched)
         seconds = time.monotonic() - t0
         note = launched.note
-        self.echo(f"  {component.id:<28} COMPLETE in {seconds:.1f}s{' - ' + note if note else ''}")
+        self._close_log(execution_id, f"COMPLETE in {seconds:.1f}s{' - ' + note if note else ''}")
+        self._console.ended(component.id)
+        self._say(f"  {component.id:<28} COMPLETE in {seconds:.1f}s{' - ' + note if note else ''}")
         result: NodeResult = io["result"]
         result.state, result.seconds, result.outputs = "COMPLETE", seconds, outputs
         return result
@@ -388,19 +498,19 @@ class LocalRunner:
     ) -> NodeResult:
         driver.fail(md, execution_id, contexts, message)
         seconds = time.monotonic() - t0
-        self.echo(f"  {component.id:<28} FAILED after {seconds:.1f}s: {message.splitlines()[0]}")
-        return NodeResult(component.id, "FAILED", execution_id, seconds, error=message)
+        log_path = self._close_log(execution_id, f"FAILED after {seconds:.1f}s:\n{message}")
+        self._console.ended(component.id)
+        self._say(f"  {component.id:<28} FAILED after {seconds:.1f}s: {message.splitlines()[0]}")
+        if log_path:
+            self._say(f"  {'':<28} log: {log_path}")
+        return NodeResult(component.id, "FAILED", execution_id, seconds, error=message, log_path=log_path)
 
     def _summary(self, run: RunResult) -> None:
         counts: dict[str, int] = {}
         for n in run.nodes.values():
             counts[n.state] = counts.get(n.state, 0) + 1
         text = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
-        self.echo(f"pipeline {run.pipeline_name}: {text} in {run.seconds:.1f}s (metadata: {run.metadata_path})")
-
-
-def _print(line: str) -> None:
-    print(line, flush=True)
+        self._say(f"pipeline {run.pipeline_name}: {text} in {run.seconds:.1f}s (metadata: {run.metadata_path})")
 
 
 def _downstream(pipeline: Pipeline, node_id: str) -> set[str]:
@@ -501,11 +611,14 @@ class _Launchers:
     queued for a worker thread, `queue`). Nothing is started before
     a node actually runs, so a fully cached run starts no process. Spares
     left over are killed (and reaped) by `close`, at the end of the run or
-    when it is stopped."""
+    when it is stopped. A process writes to files in its scratch folder
+    until its node's invocation points it at the node's log; with
+    `inherit_output` (a verbose run) it writes where this process does."""
 
-    def __init__(self, children: _Children, spares: int) -> None:
+    def __init__(self, children: _Children, spares: int, inherit_output: bool = False) -> None:
         self._children = children
         self._spares = spares
+        self._inherit_output = inherit_output
         self._ready: list[_Launcher] = []
         self._starting = 0
         self._queued = 0
@@ -558,6 +671,8 @@ class _Launchers:
         scratch = tempfile.mkdtemp(prefix="conveyor-launch-")
         argv = [sys.executable, "-m", "conveyor.launch", "--serve", *(["--warm"] if warm else [])]
         try:
+            if self._inherit_output:
+                return _Launcher(self._children.start(argv, None, None), scratch)
             with open(os.path.join(scratch, "stdout"), "wb") as out, open(os.path.join(scratch, "stderr"), "wb") as err:
                 return _Launcher(self._children.start(argv, out, err), scratch)
         except BaseException:
@@ -618,7 +733,9 @@ def _launch_in_child(invocation: Invocation, launchers: _Launchers, children: _C
         if os.path.exists(answer):
             with open(answer, encoding="utf-8") as f:
                 return InvocationResult.from_json(f.read())
-        tail = _tail(os.path.join(launcher.scratch, "stderr")) or _tail(os.path.join(launcher.scratch, "stdout"))
+        # Before its invocation the process wrote to its scratch files, after it to the node's log.
+        before = _tail(os.path.join(launcher.scratch, "stderr")) or _tail(os.path.join(launcher.scratch, "stdout"))
+        tail = "\n".join(t for t in (before, _tail(invocation.log_file) if invocation.log_file else "") if t)
         return InvocationResult(
             error=f"{invocation.component_id}: the launcher process exited with code {launcher.proc.returncode} "
                   f"without a result:\n{tail}"
