@@ -40,7 +40,7 @@ import runpy
 import signal
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from conveyor import fs
@@ -157,16 +157,21 @@ def _print_json(obj: object) -> None:
     print(lineage.to_json(obj))
 
 
+def _answer(args: argparse.Namespace, found: object, text: Callable[[], str]) -> int:
+    """Print a query's answer as JSON (--json) or as text; exit code 0."""
+    if args.json:
+        _print_json(found)
+    else:
+        print(text())
+    return 0
+
+
 def _runs(args: argparse.Namespace) -> int:
     from conveyor import lineage
 
     store, pipeline, _ = _query(args, (0,), "no argument but the pipeline file")
     found = lineage.runs(store, pipeline, last=args.last)
-    if args.json:
-        _print_json(found)
-    else:
-        print(lineage.format_runs(found, pipeline))
-    return 0
+    return _answer(args, found, lambda: lineage.format_runs(found, pipeline))
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -237,11 +242,7 @@ def _diff(args: argparse.Namespace) -> int:
 
     store, pipeline, [run_a, run_b] = _query(args, (2,), "two runs: RUN_A RUN_B")
     found = lineage.diff(store, run_a, run_b, pipeline)
-    if args.json:
-        _print_json(found)
-    else:
-        print(lineage.format_diff(found))
-    return 0
+    return _answer(args, found, lambda: lineage.format_diff(found))
 
 
 def _why(args: argparse.Namespace) -> int:
@@ -249,11 +250,7 @@ def _why(args: argparse.Namespace) -> int:
 
     store, pipeline, [run_id, node] = _query(args, (2,), "RUN NODE")
     found = lineage.why(store, run_id, node, pipeline)
-    if args.json:
-        _print_json(found)
-    else:
-        print(lineage.format_why(found))
-    return 0
+    return _answer(args, found, lambda: lineage.format_why(found))
 
 
 def _logs(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from conveyor import fs, lineage
 from conveyor.ui import render
-from conveyor.ui.server import lineage_graph, page, run_graph, source_detail
+from conveyor.ui.server import latest_per_node, lineage_graph, page, run_graph, source_detail
 
 __all__ = ["report", "write_report", "SHOWN_TYPES"]
 
@@ -24,7 +24,7 @@ def report(store: str | lineage.Store, run_id: str = "latest", pipeline: str | N
     `pipeline`'s runs when given) as an HTML document."""
     store = lineage.open_store(store)
     r = lineage.run(store, run_id, pipeline)
-    nodes = list({n.node: n for n in r.nodes}.values())  # a retried node's last execution
+    nodes = latest_per_node(r.nodes)
     ids = sorted({a for n in nodes for key_ids in n.outputs.values() for a in key_ids})
     found = {a.id: a for a in lineage.artifacts(store, ids)}
     timings = "".join(

@@ -37,7 +37,7 @@ from typing import Any
 from conveyor import fs, lineage
 from conveyor.ui import graph, render
 
-__all__ = ["Site", "serve", "make_server", "run_graph", "lineage_graph", "source_detail", "page"]
+__all__ = ["Site", "serve", "make_server", "run_graph", "latest_per_node", "lineage_graph", "source_detail", "page"]
 
 _MAX_FILE = 64 << 20  # a larger file is not served: the UI is for looking, not copying
 _CONTENT_TYPES = ("ExampleStatistics", "Schema", "ExampleAnomalies", "ModelEvaluation", "ModelBlessing")
@@ -95,12 +95,12 @@ def run_graph(r: lineage.Run, href: Callable[[lineage.NodeRun], str] | None = No
             id=n.node, label=n.node, detail=f"{n.state} · {_duration(n.seconds)}", state=n.state,
             href=href(n) if href else "", title=f"{n.node} ({n.type}): {n.state}, {_duration(n.seconds)}",
         )
-        for n in _latest_per_node(r.nodes)
+        for n in latest_per_node(r.nodes)
     ]
     return graph.svg(nodes, edges)
 
 
-def _latest_per_node(nodes: Sequence[lineage.NodeRun]) -> list[lineage.NodeRun]:
+def latest_per_node(nodes: Sequence[lineage.NodeRun]) -> list[lineage.NodeRun]:
     """One box per node: its last execution in the run (a retried node has several)."""
     last: dict[str, lineage.NodeRun] = {}
     for n in nodes:
@@ -205,7 +205,7 @@ class Site:
         rows = "".join(
             f'<tr class="run {r.state.lower()}"><td><a href="/run/{_q(r.run_id)}">{html.escape(r.run_id)}</a></td>'
             f"<td>{html.escape(r.pipeline)}</td><td class=state>{r.state}</td><td>{_when(r.started)}</td>"
-            f"<td>{_duration(r.seconds)}</td><td>{len(_latest_per_node(r.nodes))}</td></tr>"
+            f"<td>{_duration(r.seconds)}</td><td>{len(latest_per_node(r.nodes))}</td></tr>"
             for r in found
         )
         body = (
@@ -220,7 +220,7 @@ class Site:
         return json.dumps({
             "run_id": r.run_id, "pipeline": r.pipeline, "state": r.state, "seconds": r.seconds,
             "nodes": [{"node": n.node, "state": n.state, "seconds": n.seconds, "execution_id": n.execution_id}
-                      for n in _latest_per_node(r.nodes)],
+                      for n in latest_per_node(r.nodes)],
             "svg": run_graph(r, _execution_href),
         })
 
@@ -230,7 +230,7 @@ class Site:
             f'<tr class="{n.state.lower()}"><td><a href="/execution/{n.execution_id}">{html.escape(n.node)}</a></td>'
             f"<td class=state>{n.state}</td><td>{_when(n.started)}</td><td>{_duration(n.seconds)}</td>"
             f"<td>{_artifact_links(n.outputs)}</td><td>{html.escape(n.rerun_reason or n.error or '')}</td></tr>"
-            for n in _latest_per_node(r.nodes)
+            for n in latest_per_node(r.nodes)
         )
         before = self._run_before(r)
         compare = ""
@@ -298,7 +298,7 @@ class Site:
         }
         body = (
             _table(facts)
-            + "<h2>Properties</h2>" + _table(a.properties)
+            + render.render_properties(a.properties, {}, link=_artifact_href)
             + "<p>Made by " + (_execution_link(made_by) if made_by else "no recorded execution")
             + ". Used by " + (", ".join(_execution_link(e) for e in used_by) or "nothing yet") + ".</p>"
             + f'<p><a href="/lineage/{a.id}?direction=up">Lineage upstream</a> · '
@@ -398,7 +398,7 @@ def _inside(path: str, folder: str) -> bool:
 
 def _render(a: lineage.ArtifactInfo, where: str) -> str:
     try:
-        return render.render_artifact(a.type, where, a.properties, {}, link=lambda i: f"/artifact/{i}")
+        return render.render_artifact(a.type, where, a.properties, {}, link=_artifact_href)
     except Exception as e:  # noqa: BLE001 - the metadata is still worth showing
         return f'<p class=error>Could not show the content of {html.escape(where)}: {html.escape(repr(e))}</p>'
 
@@ -414,6 +414,10 @@ def _file_list(a: lineage.ArtifactInfo, where: str, limit: int = 100) -> str:
     )
     more = f"<p>and {len(names) - limit} more</p>" if len(names) > limit else ""
     return f"<h2>Files</h2><ul class=files>{items}</ul>{more}" if names else ""
+
+
+def _artifact_href(ident: int) -> str:
+    return f"/artifact/{ident}"
 
 
 def _href(kind: str, ident: int) -> str:

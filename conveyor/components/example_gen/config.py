@@ -80,6 +80,15 @@ _SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 SPEC = re.compile(r"\{(SPAN|VERSION)(?::(\d+))?\}")
 
 
+def _check_split_name(where: str, kind: str, name: str, seen: set[str]) -> None:
+    """A split name must be a unique run of letters, digits, '_' or '-'."""
+    if not _SPLIT_NAME.fullmatch(name or "") or name in seen:
+        raise PipelineDefinitionError(
+            f"{where}: {kind} split name {name!r} must be unique letters, digits, '_' or '-'."
+        )
+    seen.add(name)
+
+
 def check_configs(where: str, input_config: Input, output_config: Output) -> None:
     """Raise PipelineDefinitionError for configs TFX would also reject."""
     splits = list(input_config.splits)
@@ -92,11 +101,7 @@ def check_configs(where: str, input_config: Input, output_config: Output) -> Non
             raise PipelineDefinitionError(
                 f"{where}: input_config.splits must hold InputSplit(name=..., pattern=...), got {s!r}."
             )
-        if not _SPLIT_NAME.fullmatch(s.name or "") or s.name in seen:
-            raise PipelineDefinitionError(
-                f"{where}: input split name {s.name!r} must be unique letters, digits, '_' or '-'."
-            )
-        seen.add(s.name)
+        _check_split_name(where, "input", s.name, seen)
         if not s.pattern or os.path.isabs(s.pattern):
             raise PipelineDefinitionError(
                 f"{where}: input split {s.name!r} pattern {s.pattern!r} must be a non-empty glob "
@@ -148,11 +153,7 @@ def check_configs(where: str, input_config: Input, output_config: Output) -> Non
             raise PipelineDefinitionError(
                 f"{where}: split_config.splits must hold SplitBucket(name=..., hash_buckets=...), got {b!r}."
             )
-        if not _SPLIT_NAME.fullmatch(b.name or "") or b.name in seen:
-            raise PipelineDefinitionError(
-                f"{where}: output split name {b.name!r} must be unique letters, digits, '_' or '-'."
-            )
-        seen.add(b.name)
+        _check_split_name(where, "output", b.name, seen)
         if not isinstance(b.hash_buckets, int) or isinstance(b.hash_buckets, bool) or b.hash_buckets <= 0:
             raise PipelineDefinitionError(
                 f"{where}: output split {b.name!r} hash_buckets must be a positive int, "
