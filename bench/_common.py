@@ -141,12 +141,12 @@ def _string_bytes(array: Any) -> bytes:
 # ---------------------------------------------------------------------------
 
 
-def _descendants(root: int) -> dict[int, int]:
+def _descendants(root: int) -> dict[int, tuple[int, int]]:
     """`root` and every live process below it, each with its CPU time so far
-    (user + system, clock ticks). Scans /proc: this kernel has no
-    /proc/<pid>/task/<tid>/children."""
-    parent: dict[int, list[int]] = {}
-    ticks: dict[int, int] = {}
+    (user + system, clock ticks) and its parent's pid. Scans /proc: this
+    kernel has no /proc/<pid>/task/<tid>/children."""
+    children: dict[int, list[int]] = {}
+    facts: dict[int, tuple[int, int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -157,15 +157,15 @@ def _descendants(root: int) -> dict[int, int]:
             continue  # Exited meanwhile.
         fields = stat[stat.rindex(b")") + 2:].split()
         pid = int(entry)
-        parent.setdefault(int(fields[1]), []).append(pid)
-        ticks[pid] = int(fields[11]) + int(fields[12])  # utime + stime
-    found: dict[int, int] = {}
+        children.setdefault(int(fields[1]), []).append(pid)
+        facts[pid] = (int(fields[11]) + int(fields[12]), int(fields[1]))  # utime + stime, ppid
+    found: dict[int, tuple[int, int]] = {}
     pending = [root]
     while pending:
         pid = pending.pop()
-        if pid in ticks:
-            found[pid] = ticks[pid]
-        pending.extend(parent.get(pid, []))
+        if pid in facts:
+            found[pid] = facts[pid]
+        pending.extend(children.get(pid, []))
     return found
 
 
@@ -184,10 +184,40 @@ def _status_kb(pid: int) -> tuple[int, int]:
     return rss, hwm
 
 
+def _private_kb(pid: int) -> int | None:
+    """The pages only `pid` maps (Private_Clean + Private_Dirty), in kB."""
+    total = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith((b"Private_Clean:", b"Private_Dirty:")):
+                    total += int(line.split()[1])
+    except OSError:
+        return None
+    return total
+
+
+def _program(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _forked(pid: int, ppid: int, tree: Mapping[int, Any]) -> bool:
+    """Whether `pid` is a fork of its parent in the tree that did not exec
+    (e.g. a node forked by Conveyor's fork server): until it writes to them
+    it shares its parent's pages, which the tree sum must not count twice."""
+    return ppid in tree and _program(pid) == _program(ppid) != b""
+
+
 class TreeSampler(threading.Thread):
     """Samples a process and its descendants every `interval` seconds and
     keeps, per phase (set by `set_phase`): the peak RSS summed over the tree
-    and of the largest single process, how far the phase raised the
+    (a process forked from another in the tree without exec counts only the
+    pages it does not share, as the kernel keeps one copy of the rest) and
+    of the largest single process, how far the phase raised the
     single-process peak, and the CPU time spent. The single-process peak uses
     each process's high-water mark (VmHWM), so it misses no short spike; the
     tree sum is sampled."""
@@ -216,10 +246,11 @@ class TreeSampler(threading.Thread):
     def _sample(self) -> None:
         pids = _descendants(self.pid)
         total = largest = 0
-        for pid, ticks in pids.items():
+        for pid, (ticks, ppid) in pids.items():
             self.cpu[pid] = max(self.cpu.get(pid, 0), ticks)
             rss, hwm = _status_kb(pid)
-            total += rss
+            private = _private_kb(pid) if _forked(pid, ppid, pids) else None
+            total += rss if private is None else private
             largest = max(largest, rss)
             if hwm > self.hwm.get(pid, 0):
                 # A new high-water mark was reached since the last sample, so

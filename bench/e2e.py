@@ -211,7 +211,7 @@ def main() -> int:
     parser.add_argument("--tfx-beam-arg", action="append", default=None, dest="tfx_beam_args",
                         help=f"a Beam flag for TFX's pipeline (repeatable; default {' '.join(TFX_BEAM_ARGS)})")
     parser.add_argument("--no-peer", action="store_true", help="measure Conveyor only")
-    parser.add_argument("--launcher", choices=["thread", "process"],
+    parser.add_argument("--launcher", choices=["fork", "thread", "process"],
                         help="conveyor run --launcher (default: the CLI's own default)")
     parser.add_argument("--work-dir", default=os.path.join(BENCH_DIR, "e2e"),
                         help="pipeline roots and stderr logs go here")

@@ -91,7 +91,7 @@ def main() -> int:
                                                                "term (SIGTERM); used in turn")
     parser.add_argument("--train-steps", type=int, default=100)
     parser.add_argument("--eval-steps", type=int, default=20)
-    parser.add_argument("--launcher", choices=["thread", "process"], default="thread")
+    parser.add_argument("--launcher", choices=["fork", "thread", "process"], default="fork")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "conveyor-bench", "faults"))
     args = parser.parse_args()

@@ -1,6 +1,6 @@
 """The `conveyor` command.
 
-    conveyor run PIPELINE.py [--no-cache] [--metadata PATH] [--launcher thread|process] [-v] [BEAM FLAGS ...]
+    conveyor run PIPELINE.py [--no-cache] [--metadata PATH] [--launcher fork|thread|process] [-v] [BEAM FLAGS ...]
     conveyor compile PIPELINE.py
 
 Asking the store questions (see conveyor.lineage); each takes the store as
@@ -357,9 +357,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     run.add_argument("--workers", type=int, default=4, help="components run at the same time (default 4)")
     run.add_argument(
-        "--launcher", choices=["thread", "process"], default="thread",
-        help="run each component in a thread of this process (default) or in a child process of its own "
-             "through python -m conveyor.launch (isolated; started ahead, with the ML stack imported)",
+        "--launcher", choices=["fork", "thread", "process"], default=None,
+        help="fork (default on Linux): each component in a process of its own, forked from a server that "
+             "imported the ML stack once; process: a fresh python -m conveyor.launch per component; "
+             "thread: in threads of this process (no isolation; a stopped run cannot stop them)",
     )
     run.add_argument(
         "-v", "--verbose", action="store_true",

@@ -60,7 +60,11 @@ __all__ = [
     "artifacts_from_json",
     "main",
     "warm_up",
+    "run_file",
+    "exit_process",
     "WARM_MODULES",
+    "SCRIPT_MODULE",
+    "NODE_ENV",
 ]
 
 # What `--serve --warm` imports before its request comes: what the standard
@@ -75,6 +79,11 @@ WARM_MODULES = (
     "conveyor.components.example_validator", "conveyor.components.transform", "conveyor.components.trainer",
     "conveyor.components.evaluator", "conveyor.components.pusher",
 )
+# The module name a node's process gives the script that started the run.
+SCRIPT_MODULE = "conveyor_script"
+# Set in a node's process (the component id): a pipeline run started there
+# is an error (see LocalRunner.run), not a run within a run.
+NODE_ENV = "CONVEYOR_NODE_PROCESS"
 # One thread at a time resolves a component class from its file, so none
 # sees a module another is still executing.
 _CLASS_LOCK = threading.Lock()
@@ -98,6 +107,9 @@ class Invocation:
     # The file defining the component class when its module cannot be
     # imported by name (a function component in a pipeline file).
     code_file: str = ""
+    # When code_file is a snapshot of the pipeline's code (under <root>/_code/):
+    # the file it was taken from, the module's __file__.
+    code_origin: str = ""
     # A local file the launcher process appends all its output to (fds 1
     # and 2: Python, logging, Beam, TensorFlow's C++ logs) before the
     # executor runs; empty: output stays where the process's goes.
@@ -155,6 +167,11 @@ def component_class(invocation: Invocation) -> type:
     """The component class an invocation names, imported by module name, or
     loaded from `code_file` when the module is not importable here."""
     module_name, _, qualname = invocation.component_class.partition(":")
+    if module_name == "__main__" and invocation.code_file:
+        # Defined in the script that started the run (`python pipeline.py`):
+        # here `__main__` is the launcher, so the script loads under another
+        # name, which also keeps its `if __name__ == "__main__":` part from running.
+        module_name = SCRIPT_MODULE
     with _CLASS_LOCK:
         module = sys.modules.get(module_name)
         if module is None:
@@ -165,7 +182,7 @@ def component_class(invocation: Invocation) -> type:
                     raise
                 # It may import its siblings, as when the CLI loaded it: they
                 # are found beside it without adding to sys.path.
-                module = import_user_file(module_name, invocation.code_file)
+                module = import_user_file(module_name, invocation.code_file, origin=invocation.code_origin or None)
     obj: Any = module
     for part in qualname.split("."):
         obj = getattr(obj, part)
@@ -297,11 +314,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "run it and exit")
     parser.add_argument("--warm", action="store_true",
                         help="with --serve: import TensorFlow, TFDV, TFT, TFMA, Beam and pyarrow while waiting")
+    parser.add_argument("--fork-server", action="store_true",
+                        help="import the stack, then fork a child per request line read from stdin "
+                             "(see conveyor.forkserver)")
+    parser.add_argument("--reply-fd", type=int, help="with --fork-server: the file descriptor it answers on")
     args = parser.parse_args(argv)
+    if args.fork_server:
+        if args.reply_fd is None or args.invocation or args.serve:
+            parser.error("--fork-server takes --reply-fd and nothing else")
+        from conveyor import forkserver
+
+        use_keras_2()  # before TensorFlow is imported, as `execute` would
+        return forkserver.serve(args.reply_fd, WARM_MODULES, run_file, exit_process)
     if args.serve == bool(args.invocation):
         parser.error("give either an invocation file or --serve")
     if not args.serve:
-        return _run(args.invocation, args.result)
+        return run_file(args.invocation, args.result)
     warm = _WarmUp() if args.warm else None
     line = sys.stdin.readline()
     if warm is not None:
@@ -314,11 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: cannot read the request: {e}", file=sys.stderr)
             invocation_path, result_path, code = "", None, 2
         if invocation_path:
-            code = _run(invocation_path, result_path)
+            code = run_file(invocation_path, result_path)
     return code
 
 
-def _exit(code: int) -> NoReturn:
+def exit_process(code: int) -> NoReturn:
     """Leave as soon as the result is written: the atexit functions run and
     output is flushed, but the interpreter is not torn down, which with
     TensorFlow and Beam loaded takes ~2 s of every node (and would wait for
@@ -330,13 +358,15 @@ def _exit(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _run(invocation_path: str, result_path: str | None) -> int:
-    """Run one invocation file; the exit code."""
+def run_file(invocation_path: str, result_path: str | None) -> int:
+    """Run one invocation file (its result to `result_path`, else stdout or
+    the log); the exit code."""
     try:
         invocation = Invocation.from_json(fs.read_text(invocation_path))
     except (OSError, ValueError, TypeError) as e:
         print(f"error: cannot read invocation {invocation_path}: {e}", file=sys.stderr)
         return 2
+    os.environ[NODE_ENV] = invocation.component_id
     stdout = _output_to(invocation.log_file) if invocation.log_file else None
     try:
         result = execute(invocation)
@@ -371,4 +401,4 @@ def _output_to(log_file: str) -> int:
 
 
 if __name__ == "__main__":
-    _exit(main())
+    exit_process(main())

@@ -4,15 +4,21 @@ without TensorFlow."""
 from __future__ import annotations
 
 import os
-import threading
+import time
 
 from conveyor.artifacts import Examples, Model, Schema
 from conveyor.components.base import ExecutionContext
 from conveyor.components.function import InputArtifact, OutputArtifact, Parameter, component
 from conveyor.pipeline.dsl import Component
 
-# Two nodes that must run at the same time meet at this barrier.
-BARRIER = threading.Barrier(2, timeout=20)
+
+def _wait_for(done, what: str, timeout: float = 20.0) -> None:
+    """Files, not threading objects: nodes may run in processes of their own."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f}s for {what}")
+        time.sleep(0.02)
 
 
 @component
@@ -31,8 +37,11 @@ def count_rows(examples: InputArtifact[Examples], model: OutputArtifact[Model]) 
 
 
 @component
-def meet(examples: InputArtifact[Examples], schema: OutputArtifact[Schema], tag: str = "") -> None:
-    BARRIER.wait()
+def meet(examples: InputArtifact[Examples], schema: OutputArtifact[Schema], tag: str = "",
+         place: str = "") -> None:
+    # Two nodes meet in the folder `place`: run one after the other, the first times out.
+    open(os.path.join(place, tag), "w").close()
+    _wait_for(lambda: len(os.listdir(place)) >= 2, f"a second node in {place}")
     with open(os.path.join(schema.uri, "schema.pbtxt"), "w") as f:
         f.write(tag)
 
@@ -61,12 +70,11 @@ class BeamProbe(Component):
     USES_BEAM = True
 
 
-# Set by a test to let `wait_for_release` finish.
-RELEASE = threading.Event()
-
-
 @component
-def wait_for_release(rows: OutputArtifact[Examples]) -> None:
-    RELEASE.wait(timeout=20)
+def wait_for_release(rows: OutputArtifact[Examples], gate: str = "") -> None:
+    # Says it started (`gate`.started), then waits until a test creates the file `gate`.
+    open(gate + ".started", "w").close()
+    _wait_for(lambda: os.path.exists(gate), gate, timeout=60)
+    open(gate + ".released", "w").close()
     with open(os.path.join(rows.uri, "rows.txt"), "w") as f:
         f.write("row\n")

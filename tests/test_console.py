@@ -239,7 +239,8 @@ def test_the_thread_launcher_sorts_python_output_by_node_and_restores_the_proces
     try:
         a, b = chatter(tag="AAA").with_id("a"), chatter(tag="BBB").with_id("b")
         last = alone(a=a.outputs["rows"], b=b.outputs["rows"])
-        result = LocalRunner(echo=lines.append).run(Pipeline("chat", str(tmp_path / "root"), [a, b, last]))
+        result = LocalRunner(echo=lines.append, launcher="thread").run(
+            Pipeline("chat", str(tmp_path / "root"), [a, b, last]))
     finally:
         CHATTER.removeHandler(handler)
         CHATTER.propagate = True

@@ -241,6 +241,156 @@ def test_code_is_staged_once_per_content_and_refused_when_it_changed_since_hashe
     assert restaged != staged and load_user_function("node", "value", module_file=restaged)() == 2
 
 
+# Code named by import path runs from a snapshot too.
+
+
+def _run_imported_value(inputs: dict, outputs: dict, params: _ImportParams, ctx: ExecutionContext) -> str:
+    value = load_user_function(ctx.component_id, "value", import_path=params.value_fn)()
+    fs.write_text(fs.join(outputs["model"][0].uri, "value.txt"), value)
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class _ImportParams:
+    value_fn: str = ""
+
+
+class RunsImportedCode(Component):
+    """A component that imports `value()` by import path when it runs."""
+
+    OUTPUTS = {"model": Model}
+    Params = _ImportParams
+    EXECUTOR = staticmethod(_run_imported_value)
+    IMPORT_PATH_PARAMS = ("value_fn",)
+
+
+# A package on sys.path: a package-relative import of a module, a name its
+# __init__ defines, and a path built from __file__.
+USER_PACKAGE = {
+    "__init__.py": "KIND = 'from the package'\n",
+    "helpers.py": "VALUE = 'hashed'\n",
+    "user_code.py": """
+        import os
+        from . import KIND, helpers
+
+        HERE = os.path.basename(os.path.dirname(__file__))
+
+        def value():
+            return f"{helpers.VALUE} {KIND} {HERE}"
+    """,
+}
+
+
+def _user_package(tmp_path, monkeypatch) -> str:
+    name = _unique(tmp_path)
+    for file, text in USER_PACKAGE.items():
+        _write(tmp_path / "src" / name / file, text)
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    return name
+
+
+def test_code_named_by_import_path_edited_during_the_run_does_not_change_what_runs(tmp_path, monkeypatch):
+    package = _user_package(tmp_path, monkeypatch)
+    pipeline = Pipeline("imported", str(tmp_path / "root"), [RunsImportedCode(value_fn=f"{package}.user_code.value")])
+
+    def edit_once_started(line: str) -> None:
+        if "running" in line:  # its key is taken and its code staged: the edit belongs to the next run
+            _write(tmp_path / "src" / package / "helpers.py", "VALUE = 'edited'\n")
+
+    result = LocalRunner(launcher="thread", echo=edit_once_started).run(pipeline)
+    assert "'edited'" in (tmp_path / "src" / package / "helpers.py").read_text()
+    [model] = result.outputs("runs_imported_code", "model")
+    # The hashed code ran, its relative imports and __file__ as imported by name.
+    assert fs.read_text(fs.join(model.uri, "value.txt")) == f"hashed from the package {package}"
+    [snapshot] = fs.glob(fs.join(str(tmp_path / "root"), driver.CODE_DIR, "*", "helpers.py"))
+    assert "'hashed'" in fs.read_text(snapshot)
+    again = LocalRunner(launcher="thread", echo=lambda line: None).run(pipeline)
+    assert again.nodes["runs_imported_code"].rerun_reason == ["code file helpers.py changed"]
+    [model] = again.outputs("runs_imported_code", "model")
+    assert fs.read_text(fs.join(model.uri, "value.txt")) == f"edited from the package {package}"
+
+
+def test_import_path_code_changed_since_hashed_is_refused_and_installed_code_is_imported_by_name(
+        tmp_path, monkeypatch):
+    package = _user_package(tmp_path, monkeypatch)
+    node = RunsImportedCode(value_fn=f"{package}.user_code.value")
+    params = to_jsonable(node.params)
+    root = str(tmp_path / "root")
+    _, parts = driver.cache_key(node, {}, params)
+    assert {"code:user_code.py", "code:helpers.py"} <= set(parts)
+    staged = driver.stage_user_code(node, params, root, hashed=parts)["value_fn"]
+    assert staged != params["value_fn"]
+    assert load_user_function("node", "value", import_path=staged)() == f"hashed from the package {package}"
+    # Edited between the key and the staging: refused, not run under the old key.
+    _write(tmp_path / "src" / package / "helpers.py", "VALUE = 'edited'\n")
+    with pytest.raises(ExecutorError, match="helpers.py changed after this run computed"):
+        driver.stage_user_code(node, params, root, hashed=parts)
+    # Left to be imported by name, as hashed: an installed distribution's
+    # module, the standard library's, and one importing from above its package.
+    _write(tmp_path / "src" / package / "sub" / "__init__.py", "")
+    _write(tmp_path / "src" / package / "sub" / "deep.py", "from .. import helpers\n\ndef value():\n    return 1\n")
+    for import_path in ("_pytest.python_api.approx", "json.dumps", f"{package}.sub.deep.value"):
+        other = RunsImportedCode(value_fn=import_path)
+        other_params = to_jsonable(other.params)
+        assert driver.stage_user_code(other, other_params, root, driver.cache_key(other, {}, other_params)[1]) \
+            == other_params
+
+
+# A function component's pipeline file: a child process loads its class from
+# the file's snapshot.
+PIPELINE_FILE = """
+    import os
+    from conveyor import Pipeline
+    from conveyor.artifacts import Model
+    from conveyor.components import OutputArtifact, component
+    import {helper}
+
+    HERE = os.path.dirname(os.path.abspath(__file__))
+    VALUE = "hashed"
+
+    @component
+    def report(out: OutputArtifact[Model]) -> str:
+        with open(os.path.join(out.uri, "value.txt"), "w") as f:
+            f.write(f"{{VALUE}}+{{{helper}.VALUE}} {{os.path.basename(HERE)}}")
+        return VALUE
+
+    pipeline = Pipeline("fn_snapshot", os.path.join(HERE, "root"), [report()])
+"""
+
+
+def test_a_function_components_pipeline_file_edited_during_the_run_does_not_change_what_runs(tmp_path):
+    from conveyor.cli import load_pipeline
+
+    helper = _unique(tmp_path)
+    folder = tmp_path / "project"
+    pipeline_file = _write(folder / "pipeline.py", PIPELINE_FILE.format(helper=helper))
+    _write(folder / f"{helper}.py", "VALUE = 'hashed'\n")
+
+    def edit_once_started(line: str) -> None:
+        if "running" in line:  # its key is taken and its code staged: the edit belongs to the next run
+            _write(folder / "pipeline.py", PIPELINE_FILE.format(helper=helper).replace('"hashed"', '"edited"'))
+            _write(folder / f"{helper}.py", "VALUE = 'edited'\n")
+
+    result = LocalRunner(launcher="process", echo=edit_once_started).run(load_pipeline(pipeline_file))
+    assert '"edited"' in (folder / "pipeline.py").read_text()
+    [model] = result.outputs("report", "out")
+    # The child loaded the hashed file and sibling, with __file__ where the pipeline file is.
+    assert fs.read_text(fs.join(model.uri, "value.txt")) == "hashed+hashed project"
+    [snapshot] = fs.glob(fs.join(str(folder / "root"), driver.CODE_DIR, "*", "pipeline.py"))
+    assert 'VALUE = "hashed"' in fs.read_text(snapshot)
+    again = LocalRunner(launcher="process", echo=lambda line: None).run(load_pipeline(pipeline_file))
+    assert sorted(again.nodes["report"].rerun_reason) == sorted(["code file pipeline.py changed",
+                                                                f"code file {helper}.py changed"])
+    [model] = again.outputs("report", "out")
+    assert fs.read_text(fs.join(model.uri, "value.txt")) == "edited+edited project"
+    # Edited between the key and the staging: refused.
+    node = load_pipeline(pipeline_file).component("report")
+    _, parts = driver.cache_key(node, {}, to_jsonable(node.params))
+    _write(folder / "pipeline.py", PIPELINE_FILE.format(helper=helper).replace('"hashed"', '"third"'))
+    with pytest.raises(ExecutorError, match="pipeline.py changed after this run computed"):
+        driver.stage_class_file(node, str(folder / "root"), hashed=parts)
+
+
 # -- the process launcher's warm processes -----------------------------------------------------
 
 

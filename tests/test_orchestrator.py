@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 
 import pytest
 from ml_metadata.proto import metadata_store_pb2 as pb
@@ -82,10 +85,12 @@ def test_no_cache_and_per_component_enable_cache(tmp_path):
 
 def test_independent_nodes_run_concurrently(tmp_path):
     rows = make_rows()
-    # Each waits on a 2-party barrier: run one after the other, they time out.
-    a = meet(examples=rows.outputs["rows"], id="meet_a", tag="a")
-    b = meet(examples=rows.outputs["rows"], id="meet_b", tag="b")
-    result = _quiet().run(Pipeline("light", str(tmp_path), [rows, a, b]))
+    # Each waits for the other in one folder: run one after the other, the first times out.
+    place = tmp_path / "meet"
+    place.mkdir()
+    a = meet(examples=rows.outputs["rows"], id="meet_a", tag="a", place=str(place))
+    b = meet(examples=rows.outputs["rows"], id="meet_b", tag="b", place=str(place))
+    result = _quiet().run(Pipeline("light", str(tmp_path / "root"), [rows, a, b]))
     assert result.nodes["meet_a"].state == result.nodes["meet_b"].state == "COMPLETE"
 
 
@@ -144,19 +149,27 @@ def test_beam_args_per_pipeline_and_per_component_component_wins(tmp_path):
     assert any("--some_runner_flag=kept" in line for line in lines)
 
 
-def test_interrupted_run_leaves_no_execution_running(tmp_path):
-    from tests.lightweight import RELEASE, wait_for_release
+def test_interrupted_run_stops_its_running_node_and_leaves_no_execution_running(tmp_path):
+    from tests.lightweight import wait_for_release
 
-    def interrupt(line: str) -> None:
-        if "running" in line:
-            raise KeyboardInterrupt
+    gate = str(tmp_path / "gate")
 
-    RELEASE.clear()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            LocalRunner(echo=interrupt).run(Pipeline("stop", str(tmp_path), [wait_for_release()]))
-    finally:
-        RELEASE.set()
+    def ctrl_c_once_running() -> None:
+        # Ctrl-C once the executor really runs (it said so), not before it started.
+        deadline = time.monotonic() + 60
+        while not os.path.exists(gate + ".started") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    node = wait_for_release(gate=gate)
+    threading.Thread(target=ctrl_c_once_running, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        LocalRunner(echo=lambda line: None).run(Pipeline("stop", str(tmp_path), [node]))
+    assert os.path.exists(gate + ".started")
+    # Released now, a node still running would say so: it was stopped.
+    open(gate, "w").close()
+    time.sleep(1.5)
+    assert not os.path.exists(gate + ".released")
     md = Metadata(os.path.join(str(tmp_path), "metadata.sqlite"))
     [e] = md.store.get_executions()
     assert e.last_known_state == pb.Execution.CANCELED

@@ -139,20 +139,29 @@ def test_from_reruns_a_node_and_its_downstream(tmp_path):
         LocalRunner(echo=lambda _: None, run_from="count_row").run(pipeline)
 
 
-def test_transient_failures_are_retried_and_recorded(tmp_path):
+@component
+def flaky(rows: OutputArtifact[Examples], marker: Parameter[str] = "") -> None:
+    # Fails twice, as a lost connection would, then works; `marker` counts the attempts.
+    n = int(open(marker).read()) if os.path.exists(marker) else 0
+    open(marker, "w").write(str(n + 1))
+    if n < 2:
+        raise ConnectionError(f"lost the connection (attempt {n + 1})")
+    open(os.path.join(rows.uri, "rows.txt"), "w").write("ok")
+
+
+@component
+def bad_input(rows: OutputArtifact[Examples], calls: Parameter[str] = "") -> None:
+    # Bad input, not a transient failure; `calls` counts the attempts.
+    open(calls, "a").write("x")
+    raise ExecutorError("bad_input: the file is empty")
+
+
+@pytest.mark.parametrize("launcher", ["fork", "thread"])
+def test_transient_failures_are_retried_and_recorded(tmp_path, launcher):
     marker = tmp_path / "attempts"
-
-    @component
-    def flaky(rows: OutputArtifact[Examples]) -> None:
-        n = int(marker.read_text()) if marker.exists() else 0
-        marker.write_text(str(n + 1))
-        if n < 2:
-            raise ConnectionError(f"lost the connection (attempt {n + 1})")
-        open(os.path.join(rows.uri, "rows.txt"), "w").write("ok")
-
     lines: list[str] = []
-    result = LocalRunner(echo=lines.append).run(
-        Pipeline("retry", str(tmp_path / "root"), [flaky(retries=2, retry_backoff_seconds=0.01)])
+    result = LocalRunner(echo=lines.append, launcher=launcher).run(
+        Pipeline("retry", str(tmp_path / "root"), [flaky(marker=str(marker), retries=2, retry_backoff_seconds=0.01)])
     )
     assert result.nodes["flaky"].state == "COMPLETE"
     md = Metadata(result.metadata_path)
@@ -163,14 +172,9 @@ def test_transient_failures_are_retried_and_recorded(tmp_path):
     assert sum("retrying in" in line for line in lines) == 2
 
     calls = tmp_path / "calls"
-
-    @component
-    def bad_input(rows: OutputArtifact[Examples]) -> None:
-        calls.write_text(calls.read_text() + "x" if calls.exists() else "x")
-        raise ExecutorError("bad_input: the file is empty")
-
-    failed = LocalRunner(echo=lambda _: None).run(
-        Pipeline("noretry", str(tmp_path / "root2"), [bad_input(retries=3, retry_backoff_seconds=0.01)]),
+    failed = LocalRunner(echo=lambda _: None, launcher=launcher).run(
+        Pipeline("noretry", str(tmp_path / "root2"),
+                 [bad_input(calls=str(calls), retries=3, retry_backoff_seconds=0.01)]),
         raise_on_failure=False,
     )
     assert failed.nodes["bad_input"].state == "FAILED" and calls.read_text() == "x"  # bad input is not retried
@@ -243,9 +247,10 @@ def test_secrets_never_reach_mlmd_the_ir_or_the_logs(tmp_path):
                         beam_pipeline_args=[f"--password={SECRET}", "--direct_num_workers=1"])
 
     lines: list[str] = []
-    result = LocalRunner(echo=lines.append).run(build(SECRET))
-    assert seen == {"password": SECRET, "token": SECRET + "-token"}  # the executor gets the real values
-    again = LocalRunner(echo=lines.append).run(build(SECRET + "-rotated"))
+    # In this process (`seen` is this test's): the executor gets the real values.
+    result = LocalRunner(echo=lines.append, launcher="thread").run(build(SECRET))
+    assert seen == {"password": SECRET, "token": SECRET + "-token"}
+    again = LocalRunner(echo=lines.append, launcher="thread").run(build(SECRET + "-rotated"))
     assert again.nodes["connect"].state == "COMPLETE"  # a new secret still invalidates the cache
     reason = again.nodes["connect"].rerun_reason
     assert reason and "db_password" in reason[0]
@@ -271,13 +276,13 @@ def test_secrets_never_reach_mlmd_the_ir_or_the_logs(tmp_path):
     assert "***" in ir
 
 
-@pytest.mark.parametrize("launcher", ["thread", "process"])
+@pytest.mark.parametrize("launcher", ["fork", "thread", "process"])
 def test_sigterm_stops_the_running_node_and_cancels_it(tmp_path, launcher):
     (tmp_path / "pipeline.py").write_text(PIPELINE)
     proc = _conveyor("run", "pipeline.py", "--launcher", launcher, cwd=tmp_path)
     _wait_for(tmp_path / "started", proc, timeout=300)
     worker = int((tmp_path / "started").read_text())
-    assert (worker != proc.pid) == (launcher == "process")  # a child process, or a thread of the run
+    assert (worker != proc.pid) == (launcher != "thread")  # a process of its own, or a thread of the run
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)

@@ -187,12 +187,12 @@ def test_conveyor_pages(conveyor_site, browser):
 
 
 def test_run_page_follows_a_run_in_progress(tmp_path, browser):
-    from tests.lightweight import RELEASE, count_rows, wait_for_release
+    from tests.lightweight import count_rows, wait_for_release
 
-    RELEASE.clear()
-    slow = wait_for_release()
+    gate = str(tmp_path / "gate")
+    slow = wait_for_release(gate=gate)
     pipeline = Pipeline("live", str(tmp_path / "root"), [slow, count_rows(examples=slow.outputs["rows"])])
-    done = threading.Thread(target=lambda: LocalRunner(launcher="thread").run(pipeline, run_id="live-run"))
+    done = threading.Thread(target=lambda: LocalRunner().run(pipeline, run_id="live-run"))
     done.start()
     store = str(tmp_path / "root" / "metadata.sqlite")
     site = None
@@ -210,11 +210,11 @@ def test_run_page_follows_a_run_in_progress(tmp_path, browser):
         page.goto(site.url + "/run/live-run")
         assert _dag_nodes(page) == {"wait_for_release": "RUNNING"}
         assert page.inner_text("#run-state") == "RUNNING"
-        RELEASE.set()
+        open(gate, "w").close()
         page.wait_for_selector("#dag [data-node=count_rows][data-state=COMPLETE]", timeout=60_000)
         assert _dag_nodes(page) == {"wait_for_release": "COMPLETE", "count_rows": "COMPLETE"}
     finally:
-        RELEASE.set()
+        open(gate, "w").close()
         done.join()
         if site:
             site.close()

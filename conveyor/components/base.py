@@ -35,6 +35,7 @@ __all__ = [
     "ExecutionContext",
     "load_user_function",
     "import_user_file",
+    "snapshot_import_path",
     "user_code_files",
     "fingerprint_files",
     "skip_autograph_for_tf_keras",
@@ -89,6 +90,7 @@ class _UserCodeFinder(importlib.abc.MetaPathFinder):
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.files: dict[str, str] = {}  # module name -> its file
+        self.origins: dict[str, str] = {}  # module name -> the file its file is a snapshot of
         self.folders: list[str] = []  # where siblings are found, the latest loaded first
         self.siblings: dict[str, str] = {}  # sibling name -> fingerprint of its files when last seen
 
@@ -97,9 +99,9 @@ class _UserCodeFinder(importlib.abc.MetaPathFinder):
         if path is not None:
             return None  # a submodule: its package's __path__ finds it
         with self.lock:
-            file, folders = self.files.get(fullname), list(self.folders)
+            file, origin, folders = self.files.get(fullname), self.origins.get(fullname), list(self.folders)
         if file:
-            return importlib.util.spec_from_file_location(fullname, file)
+            return _file_spec(fullname, file, origin)
         for folder in folders:
             package = os.path.join(folder, fullname)
             if os.path.isfile(os.path.join(package, "__init__.py")):
@@ -153,14 +155,45 @@ _dotted_lock = threading.Lock()
 _dotted: dict[str, ModuleType] = {}
 
 
-def import_user_file(name: str, path: str, code_files: Sequence[str] | None = None) -> ModuleType:
+def _file_spec(name: str, path: str, origin: str | None = None,
+               search: list[str] | None = None) -> importlib.machinery.ModuleSpec:
+    """The spec of module `name` whose code is the file `path`; with
+    `origin`, a snapshot of that file: the module's `__file__` is `origin`,
+    so paths it builds from it (data beside it) point where they did, while
+    its code (and tracebacks) come from the snapshot. `search`: its
+    submodule search locations, for a package."""
+    spec = importlib.util.spec_from_file_location(
+        name, origin or path, loader=importlib.machinery.SourceFileLoader(name, path) if origin else None,
+        submodule_search_locations=search)
+    assert spec is not None and spec.loader is not None
+    return spec
+
+
+def _exec_new(name: str, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+    """A module executed from `spec` and put into sys.modules as `name`
+    (before it executes: its dataclasses look their module up meanwhile),
+    or nothing left there when its code raised."""
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        assert spec.loader is not None
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def import_user_file(name: str, path: str, code_files: Sequence[str] | None = None,
+                     origin: str | None = None) -> ModuleType:
     """The local Python file `path` imported as module `name` (once: a
     second call returns the same module; two threads at once get one fully
     executed module). Its siblings import as they would beside a script,
     without its folder going on sys.path; `code_files` are the module's
     local imports (default: `user_code_files(path)`), so one that changed
-    since it was last imported is imported again. Raises what the module's
-    code raised."""
+    since it was last imported is imported again. `origin`: the file `path`
+    is a snapshot of, the module's `__file__` (see `_file_spec`). Raises
+    what the module's code raised."""
     path = os.path.abspath(path)
     folder = os.path.dirname(path)
     finder = _user_code_finder()
@@ -168,20 +201,89 @@ def import_user_file(name: str, path: str, code_files: Sequence[str] | None = No
     if "." not in name:
         with finder.lock:
             finder.files[name] = path
+            if origin:
+                finder.origins[name] = origin
+            else:
+                finder.origins.pop(name, None)
         return importlib.import_module(name)
     with _dotted_lock:
         if name not in _dotted:
-            spec = importlib.util.spec_from_file_location(name, path)
-            assert spec and spec.loader
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module  # its dataclasses look their module up while it executes
-            try:
-                spec.loader.exec_module(module)
-            except BaseException:
-                sys.modules.pop(name, None)
-                raise
-            _dotted[name] = module
+            _dotted[name] = _exec_new(name, _file_spec(name, path, origin))
         return _dotted[name]
+
+
+# An import path whose module runs from a snapshot (see snapshot_import_path):
+# the fields, joined by a character no import path or file name holds.
+_SNAPSHOT_SEPARATOR = "\t"
+_snapshot_lock = threading.RLock()
+
+
+def snapshot_import_path(import_path: str, snapshot: str, origin: str) -> str:
+    """An import path 'package.module.function' whose module is to run from
+    `snapshot`, a copy of its file `origin` beside the local modules it
+    imports (conveyor.pipeline.driver.stage_user_code); `load_user_function`
+    takes it where it takes an import path."""
+    return _SNAPSHOT_SEPARATOR.join((import_path, snapshot, origin))
+
+
+def _split_import_path(value: str) -> tuple[str, str, str]:
+    """(import path, snapshot file or "", original file or "")."""
+    import_path, _, rest = value.partition(_SNAPSHOT_SEPARATOR)
+    snapshot, _, origin = rest.partition(_SNAPSHOT_SEPARATOR)
+    return import_path, snapshot, origin
+
+
+def _import_snapshot(module_name: str, snapshot: str, origin: str) -> ModuleType:
+    """Module `module_name` run from its snapshot: the code the cache key
+    hashed, not the file as it may be now. Top-level module: as a module
+    file, its siblings found beside the snapshot. Module of a package (or a
+    package): the snapshot's folder becomes a package of its own (named by
+    its content), searched before the original folder, so package-relative
+    imports load their snapshots; other names of the real package (what its
+    __init__ defines) are looked up on it."""
+    if fs.is_remote(snapshot):
+        snapshot = _local_copy(snapshot)
+    files = user_code_files(snapshot)
+    # Named by the code and what it stands for: two packages holding the same
+    # files are still two modules, each with its own __file__ and package.
+    digest = hashlib.sha256(f"{fingerprint_files(files)}\0{module_name}\0{origin}".encode()).hexdigest()[:16]
+    package, _, leaf = module_name.rpartition(".")
+    is_package = os.path.basename(snapshot) == "__init__.py"
+    if not package and not is_package:
+        return import_user_file(f"conveyor_user_{leaf}_{digest}", snapshot, files, origin=origin or None)
+    name = f"conveyor_snapshot_{digest}"
+    folder = os.path.dirname(os.path.abspath(snapshot))
+    search = [folder] + ([os.path.dirname(origin)] if origin else [])
+    with _snapshot_lock:
+        if is_package:
+            return sys.modules.get(name) or _exec_new(name, _file_spec(name, snapshot, origin or None, search))
+        if name not in sys.modules:
+            stand_in = ModuleType(name)
+            stand_in.__path__ = search
+            stand_in.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+            stand_in.__spec__.submodule_search_locations = search
+            stand_in.__getattr__ = _package_attribute(name, folder, package)  # type: ignore[method-assign]
+            sys.modules[name] = stand_in
+        child = f"{name}.{leaf}"
+        if child not in sys.modules:
+            setattr(sys.modules[name], leaf, _exec_new(child, _file_spec(child, snapshot, origin or None)))
+        return sys.modules[child]
+
+
+def _package_attribute(name: str, folder: str, real_package: str) -> Any:
+    """`__getattr__` of a snapshot's stand-in package: a module of the
+    snapshot (`from . import helpers`), imported from it, else the real
+    package's attribute."""
+
+    def attribute(attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        if os.path.isfile(os.path.join(folder, f"{attr}.py")) or os.path.isfile(
+                os.path.join(folder, attr, "__init__.py")):
+            return importlib.import_module(f"{name}.{attr}")
+        return getattr(importlib.import_module(real_package), attr)
+
+    return attribute
 
 
 def _load_module_file(path: str, component_id: str) -> ModuleType:
@@ -243,9 +345,10 @@ def load_user_function(
         module = _load_module_file(module_file, component_id)
         where = f"module file {module_file}"
     elif import_path:
+        import_path, snapshot, origin = _split_import_path(import_path)
         mod_name, _, attr = import_path.rpartition(".")
         try:
-            module = importlib.import_module(mod_name)
+            module = _import_snapshot(mod_name, snapshot, origin) if snapshot else importlib.import_module(mod_name)
         except ImportError as e:
             raise ExecutorError(
                 f"{component_id}: cannot import {mod_name!r} from {import_path!r}: {e}"

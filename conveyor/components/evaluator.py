@@ -17,10 +17,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import os
 from typing import Any
 
 from conveyor import fs
 from conveyor.artifacts import Artifact, Examples, Model, ModelBlessing, ModelEvaluation, Schema
+from conveyor.components import fast_eval
 from conveyor.components.base import ExecutionContext, skip_autograph_for_tf_keras
 from conveyor.errors import PipelineDefinitionError
 from conveyor.pipeline.dsl import Component, Input
@@ -43,6 +45,7 @@ __all__ = [
     "BLESSED_FILE",
     "NOT_BLESSED_FILE",
     "SERVING_MODEL_DIR",
+    "TFMA_ONLY_ENV",
     "to_tfma_eval_config",
     "run",
 ]
@@ -53,6 +56,9 @@ NOT_BLESSED_FILE = "NOT_BLESSED"
 SERVING_MODEL_DIR = "Format-Serving"
 _CANDIDATE, _BASELINE = "candidate", "baseline"  # tfma.CANDIDATE_KEY / tfma.BASELINE_KEY
 _TFMA_EVAL_CONFIG = "tensorflow_model_analysis.EvalConfig"
+# Set (non-empty) to run every evaluation through TFMA's own Beam path, even
+# when conveyor.components.fast_eval could compute it on whole batches.
+TFMA_ONLY_ENV = "CONVEYOR_EVALUATOR_TFMA_ONLY"
 
 
 # -- the typed configuration (mirrors tensorflow_model_analysis/proto/config.proto) --
@@ -495,6 +501,18 @@ def run(
         tfma.utils.verify_eval_config(eval_config)
     except (ValueError, RuntimeError) as e:
         raise ctx.error(f"eval_config is not valid for TFMA: {e}") from e
+    skip_autograph_for_tf_keras()
+    # The common configurations are computed on whole batches (the model
+    # loaded once), writing TFMA's own files; anything else runs through TFMA.
+    if not (os.environ.get(TFMA_ONLY_ENV) or "").strip() and fast_eval.evaluate(
+        eval_config=eval_config,
+        examples=examples,
+        splits=list(params.example_splits),
+        model_path=model_path,
+        output_path=evaluation.uri,
+        rubber_stamp=not has_baseline,
+    ):
+        return _bless(user_config, evaluation, blessing, model, baseline, has_baseline)
     models = []
     for spec in eval_config.model_specs:
         if spec.is_baseline and baseline_path is None:
@@ -510,7 +528,6 @@ def run(
             )
         )
     eval_shared_model = models[0] if len(models) == 1 else models
-    skip_autograph_for_tf_keras()
 
     with ctx.beam_pipeline() as p:
         records = [_read_serialized_examples(p, examples, split) for split in params.example_splits]
@@ -535,6 +552,14 @@ def run(
             output_path=evaluation.uri,
             tensor_adapter_config=tensor_adapter_config,
         )
+
+    return _bless(user_config, evaluation, blessing, model, baseline, has_baseline)
+
+
+def _bless(user_config: Any, evaluation: Artifact, blessing: Artifact, model: Artifact,
+           baseline: Artifact | None, has_baseline: bool) -> str:
+    """Writes the blessing from TFMA's validation result; the verdict in one line."""
+    import tensorflow_model_analysis as tfma
 
     # An evaluation without thresholds validates nothing: it must not bless
     # (TFX's rule, so that forgetting thresholds never pushes a model).

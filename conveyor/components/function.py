@@ -120,4 +120,6 @@ def component(fn: Callable[..., Any] | None = None, *, version: str = "1") -> An
             "function": staticmethod(fn),
         },
     )
+    # Where the function is (`f.<locals>.g` inside a function), for errors and launchers.
+    cls.__qualname__ = fn.__qualname__
     return cls

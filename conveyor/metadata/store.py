@@ -44,6 +44,10 @@ BACKSLASH_STAND_IN = "\u29f5"
 # JSON {"host", "pid", "start"}: the process that runs the execution, so a
 # later run can tell an execution whose process died from a running one.
 OWNER = "__owner__"
+# Epoch seconds: when the owner of a RUNNING execution last said it still runs
+# it (conveyor.pipeline.driver.Heartbeat), so a run on another host, which
+# cannot look for the owner's process, can tell a crashed machine's execution.
+HEARTBEAT = "__heartbeat__"
 ATTEMPTS = "__attempts__"
 RETRIED_ERRORS = "__retried_errors__"
 # The execution's log file (conveyor.pipeline.console), set when it starts.
@@ -343,6 +347,23 @@ class Metadata:
             for k, v in properties.items():
                 self._set(e.custom_properties[k], v)
             self.store.put_executions([e])
+
+    def heartbeat(self, execution_ids: Sequence[int], when: float) -> list[int]:
+        """Set HEARTBEAT to `when` on those of the executions still RUNNING;
+        their ids. Only that property is written (a masked update), so a
+        state another process set meanwhile is never put back."""
+        pb = _pb()
+        with self._lock:
+            running = [e for e in self.store.get_executions_by_id(list(execution_ids))
+                       if e.last_known_state == pb.Execution.RUNNING]
+            updates = []
+            for e in running:
+                update = pb.Execution(id=e.id, type_id=e.type_id)
+                update.custom_properties[HEARTBEAT].double_value = when
+                updates.append(update)
+            if updates:
+                self.store.put_executions(updates, field_mask_paths=[f"custom_properties.{HEARTBEAT}"])
+        return [e.id for e in running]
 
     def fail_execution(self, execution_id: int, contexts: Sequence[Any], error: str) -> None:
         self.finish_execution(execution_id, contexts, {}, state="FAILED", properties={ERROR: error})

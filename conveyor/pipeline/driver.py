@@ -22,13 +22,15 @@ import json
 import os
 import socket
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
 from conveyor import fs
 from conveyor.artifacts import Artifact
-from conveyor.components.base import fingerprint_files, user_code_files
+from conveyor.components.base import fingerprint_files, snapshot_import_path, user_code_files
 from conveyor.errors import PipelineDefinitionError
 from conveyor.launch import Invocation, InvocationResult, artifacts_to_json
 from conveyor.metadata import store as mdstore
@@ -58,12 +60,28 @@ __all__ = [
     "discard_partial",
     "owner",
     "owner_alive",
+    "abandoned",
+    "stale_limit",
+    "Heartbeat",
     "reconcile",
+    "stage_class_file",
     "CODE_DIR",
+    "HEARTBEAT_SECONDS",
+    "STALE_AFTER_SECONDS",
+    "STALE_AFTER_ENV",
 ]
 
 # Under the pipeline root: user code staged for remote workers, by content.
 CODE_DIR = "_code"
+# How often a run refreshes the heartbeat of its RUNNING executions, and how
+# long an execution whose owner runs on another host may go without one
+# before a run takes it for abandoned (its machine crashed): many periods, so
+# a busy store or a slow beat is not taken for a death. Read when used, so
+# tests can shorten them; the limit is also LocalRunner(stale_after=...) or
+# $CONVEYOR_STALE_AFTER (seconds).
+HEARTBEAT_SECONDS = 30.0
+STALE_AFTER_SECONDS = 600.0
+STALE_AFTER_ENV = "CONVEYOR_STALE_AFTER"
 
 
 def component_type_name(component: Component) -> str:
@@ -134,9 +152,11 @@ def cache_hit(md: Metadata, previous: list[Any], key: str) -> dict[str, list[Art
     return None
 
 
-def running_twin(md: Metadata, node_context_id: int, key: str, own_owner: str) -> Any | None:
+def running_twin(md: Metadata, node_context_id: int, key: str, own_owner: str,
+                 stale_after: float | None = None) -> Any | None:
     """A RUNNING execution of the node with the same cache key, in another
-    live process (a concurrent run of the same pipeline), or None."""
+    live process (a concurrent run of the same pipeline), or None: not one
+    `abandoned` (`stale_after`: see `stale_limit`), which would never end."""
     pb = mdstore._pb()
     for e in md.executions(node_context_id):
         if e.last_known_state != pb.Execution.RUNNING:
@@ -145,7 +165,7 @@ def running_twin(md: Metadata, node_context_id: int, key: str, own_owner: str) -
         who = e.custom_properties.get(mdstore.OWNER)
         if prop is None or prop.string_value != key or who is None or who.string_value == own_owner:
             continue
-        if owner_alive(who.string_value) is not False:
+        if abandoned(e, stale_after) is None:
             return e
     return None
 
@@ -187,14 +207,93 @@ def stage_user_code(component: Component, params: dict[str, Any], root: str,
     there too. `hashed` are the cache key's parts: a file whose snapshot is
     not what they hashed (edited between the two) is refused rather than
     run under a key that does not describe it. Each snapshot is written
-    once, whole (on a local disk, renamed into place)."""
+    once, whole (on a local disk, renamed into place).
+
+    Code named by import path ('package.module.function') is staged alike
+    when its module is a source file of the user's (`_snapshot_source`):
+    the parameter then names the snapshot too (`snapshot_import_path`), and
+    the executor imports the module from it, its package-relative imports
+    from beside it."""
     staged = dict(params)
     for name in component.CODE_PARAMS:
         module_file = params.get(name)
         if not (isinstance(module_file, str) and module_file.endswith(".py")) or not fs.isfile(module_file):
             continue  # not a file: the executor reports it
         staged[name] = _snapshot_code(component.id, module_file, root, hashed or {})
+    for name in component.IMPORT_PATH_PARAMS:
+        import_path = params.get(name)
+        source = _snapshot_source(import_path) if isinstance(import_path, str) else None
+        if source is not None:
+            snapshot = _snapshot_code(component.id, source, root, hashed or {})
+            staged[name] = snapshot_import_path(import_path, snapshot, source)
     return staged
+
+
+def _snapshot_source(import_path: str) -> str | None:
+    """The file of the module an import path names, when a snapshot of it
+    and its local imports runs as the module would (the files the cache key
+    hashes, see `Component.code_files`); else None, and the executor imports
+    it by name, as hashed but as it is when it runs. Not snapshotted:
+    - a module of an installed distribution (site-packages, the standard
+      library): its package may hold more than the local imports we follow
+      (data, compiled extensions, its own absolute imports), and it changes
+      with an install, not with an edit during a run;
+    - a module with a relative import above its own package (`from ..`):
+      the snapshot holds its folder only, so that import could not be
+      answered from it."""
+    import ast
+    import importlib.util
+
+    module_name = import_path.rpartition(".")[0]
+    try:
+        spec = importlib.util.find_spec(module_name) if module_name else None
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(spec, "origin", None) if spec else None
+    if not (origin and origin.endswith(".py") and os.path.isfile(origin)) or _installed(origin):
+        return None
+    for path in user_code_files(origin):
+        try:
+            tree = ast.parse(fs.read_text(path), path)
+        except (SyntaxError, UnicodeDecodeError):
+            return None  # the import reports it, with file and line
+        if any(isinstance(node, ast.ImportFrom) and node.level > 1 for node in ast.walk(tree)):
+            return None
+    return origin
+
+
+def _installed(path: str) -> bool:
+    """Whether a file belongs to an installed distribution or the standard library."""
+    import site
+    import sysconfig
+
+    real = os.path.realpath(path)
+    if {"site-packages", "dist-packages"} & set(real.split(os.sep)):
+        return True
+    roots = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    roots |= {*site.getsitepackages(), site.getusersitepackages()}
+    return any(real.startswith(os.path.realpath(r) + os.sep) for r in roots if r)
+
+
+def stage_class_file(component: Component, root: str, hashed: dict[str, str] | None = None) -> str:
+    """The file a process running the node elsewhere loads its component
+    class from (`Invocation.code_file`, used when the class's module cannot
+    be imported by name, as a function component's pipeline file): when the
+    cache key hashed that file (a function component's), its snapshot under
+    `<root>/_code/`, refused as `stage_user_code` refuses one edited since
+    it was hashed; else the file itself."""
+    import importlib.util
+
+    cls = type(component)
+    source = _class_file(cls)
+    if not source or fs.abspath(source) not in {fs.abspath(f) for f in component.code_files()}:
+        return source
+    try:
+        if importlib.util.find_spec(cls.__module__) is not None:
+            return source  # imported by name where it runs: code_file is not read
+    except (ImportError, ValueError):
+        return source  # "__main__" and the like: not loaded from code_file either
+    return _snapshot_code(component.id, source, root, hashed or {})
 
 
 def _snapshot_code(component_id: str, module_file: str, root: str, hashed: dict[str, str]) -> str:
@@ -330,8 +429,14 @@ def invocation(
     root: str,
     execution_id: int,
     beam_args: Sequence[str],
+    code_file: str | None = None,
 ) -> Invocation:
+    """The node's invocation; `code_file` is where its class is loaded
+    from when it cannot be imported by name (`stage_class_file`; default:
+    the class's own file)."""
     cls = type(component)
+    source = _class_file(cls)
+    code_file = code_file or source
     return Invocation(
         component_id=component.id,
         component_class=_class_path(cls),
@@ -344,7 +449,8 @@ def invocation(
         pipeline_root=root,
         execution_id=execution_id,
         tmp_dir=scratch_dir(root, pipeline_name, component.id, execution_id, beam_args),
-        code_file=_class_file(cls),
+        code_file=code_file,
+        code_origin=source if code_file != source else "",
     )
 
 
@@ -421,7 +527,7 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(v)
 
 
-# -- owners: finding executions abandoned by a process that died ----------------
+# -- owners: finding executions abandoned by a process or a machine that died ---
 
 
 def _process_start(pid: int) -> str:
@@ -467,31 +573,133 @@ def _pid_exists(pid: int) -> bool:
     return True
 
 
-def reconcile(md: Metadata, pipeline: Any, pipeline_context: Any, echo: Callable[[str], None]) -> list[int]:
-    """Mark the pipeline's RUNNING executions whose process died FAILED
-    ("abandoned by a process that died"), and remove what they left: their
-    output folders, scratch folder and staging (e.g. a Pusher's half copy).
-    Returns their ids. Executions of live processes (another run going on)
-    and of other hosts are left alone."""
+def stale_limit(stale_after: float | None = None) -> float:
+    """How long (seconds) an execution owned on another host may go without
+    a heartbeat before it counts as abandoned: `stale_after`, else
+    $CONVEYOR_STALE_AFTER, else STALE_AFTER_SECONDS. At least two heartbeat
+    periods, or live runs on other hosts would be taken for dead."""
+    where = f"LocalRunner stale_after={stale_after!r}"
+    if stale_after is None:
+        raw = os.environ.get(STALE_AFTER_ENV, "").strip()
+        if not raw:
+            return STALE_AFTER_SECONDS
+        where = f"{STALE_AFTER_ENV}={raw!r}"
+        try:
+            stale_after = float(raw)
+        except ValueError:
+            raise ValueError(f"{where} is not a number of seconds: set it to e.g. {STALE_AFTER_SECONDS:.0f}, "
+                             f"or unset it for that default.") from None
+    if not (isinstance(stale_after, (int, float)) and stale_after >= 2 * HEARTBEAT_SECONDS):
+        raise ValueError(
+            f"{where}: an execution owned on another host counts as abandoned after this many seconds "
+            f"without a heartbeat, and runs send one every {HEARTBEAT_SECONDS:g} s; give at least "
+            f"{2 * HEARTBEAT_SECONDS:g} (default {STALE_AFTER_SECONDS:g}), or live runs would be taken for dead."
+        )
+    return float(stale_after)
+
+
+def abandoned(execution: Any, stale_after: float | None = None, now: float | None = None) -> str | None:
+    """Why a RUNNING execution is abandoned, or None while its owner may
+    still run it. An owner on this host is looked for (pid and start time);
+    one on another host cannot be, so its heartbeat (`Heartbeat`; the
+    execution's creation when it has none) tells: silent for longer than
+    `stale_limit(stale_after)`, its machine or process is gone."""
+    recorded = execution.custom_properties.get(mdstore.OWNER)
+    who = recorded.string_value if recorded is not None else ""
+    alive = owner_alive(who)
+    if alive is False:
+        return f"abandoned by a process that died ({who or 'owner not recorded'})"
+    if alive:
+        return None
+    beat = execution.custom_properties.get(mdstore.HEARTBEAT)
+    last = beat.double_value if beat is not None else execution.create_time_since_epoch / 1000
+    silent = (time.time() if now is None else now) - last
+    limit = stale_limit(stale_after)
+    if silent <= limit:
+        return None
+    data = json.loads(who)
+    return (f"abandoned: its owner on host {data.get('host')} (pid {data.get('pid')}) sent no heartbeat for "
+            f"{silent:.0f} s (limit {limit:g} s: LocalRunner(stale_after=...) or ${STALE_AFTER_ENV})")
+
+
+class Heartbeat:
+    """Keeps this process's RUNNING executions visibly alive to runs on
+    other hosts (which cannot look for this process, see `abandoned`):
+    while started, a daemon thread sets HEARTBEAT to the time on the
+    executions `add`ed and not yet `discard`ed, every `period` seconds
+    (default HEARTBEAT_SECONDS). It writes through `Metadata`, whose lock
+    serialises it with the scheduling thread's MLMD calls (MLMD's client is
+    not thread-safe), and only to executions still RUNNING."""
+
+    def __init__(self, md: Metadata, period: float | None = None) -> None:
+        self._md = md
+        self.period = HEARTBEAT_SECONDS if period is None else period
+        self._ids: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.failure = ""  # the last beat's error, "" once one succeeds again
+
+    def start(self) -> Heartbeat:
+        self._thread = threading.Thread(target=self._run, name="conveyor-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def add(self, execution_id: int) -> None:
+        with self._lock:
+            self._ids.add(execution_id)
+
+    def discard(self, execution_id: int) -> None:
+        with self._lock:
+            self._ids.discard(execution_id)
+
+    def beat(self) -> list[int]:
+        """Refresh the heartbeats now; the ids of the executions refreshed."""
+        with self._lock:
+            ids = sorted(self._ids)
+        return self._md.heartbeat(ids, time.time()) if ids else []
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                self.beat()
+                self.failure = ""
+            except Exception as e:  # noqa: BLE001 - a store that failed may answer the next beat; the run goes on
+                self.failure = f"{type(e).__name__}: {e}"
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=max(10.0, self.period))
+
+
+def reconcile(md: Metadata, pipeline: Any, pipeline_context: Any, echo: Callable[[str], None],
+              stale_after: float | None = None) -> list[int]:
+    """Mark the pipeline's RUNNING executions that are `abandoned` FAILED
+    (their process died, or their owner on another host sent no heartbeat
+    for `stale_limit(stale_after)` s), with why, and remove what they left:
+    their output folders, scratch folder and staging (e.g. a Pusher's half
+    copy). Returns their ids. Executions of live processes (another run
+    going on) and of other hosts still beating are left alone."""
     pb = mdstore._pb()
-    abandoned = []
+    limit = stale_limit(stale_after)
+    now = time.time()
+    found = []
     for e in md.executions(pipeline_context.id):
         if e.last_known_state != pb.Execution.RUNNING:
             continue
-        recorded = e.custom_properties.get(mdstore.OWNER)
-        who = recorded.string_value if recorded is not None else ""
-        if owner_alive(who) is not False:
+        why = abandoned(e, limit, now)
+        if why is None:
             continue
         component_id = e.custom_properties[mdstore.COMPONENT_ID].string_value
         params = {k: _parsed(v) for k, v in md.properties_of(e).items()}
         discard_partial(pipeline, component_id, e.id, params)
-        md.finish_execution(
-            e.id, md.contexts_of(e.id), {}, state="FAILED",
-            properties={mdstore.ERROR: f"abandoned by a process that died ({who or 'owner not recorded'})"},
-        )
-        echo(f"  {component_id:<28} execution {e.id} was abandoned by a process that died: marked FAILED")
-        abandoned.append(e.id)
-    return abandoned
+        md.finish_execution(e.id, md.contexts_of(e.id), {}, state="FAILED", properties={mdstore.ERROR: why})
+        # The owner's JSON stays in the recorded error; the console line is short.
+        said = why if why.startswith("abandoned:") else "abandoned by a process that died"
+        echo(f"  {component_id:<28} execution {e.id} was {said}: marked FAILED")
+        found.append(e.id)
+    return found
 
 
 def _parsed(value: Any) -> Any:

@@ -1,7 +1,8 @@
 """The local orchestrator: runs a pipeline's nodes in dependency order,
 independent nodes at the same time, recording everything in MLMD.
 
-MLMD is only touched from the scheduling thread. Around each node it uses
+MLMD is only touched from the scheduling thread (and the heartbeat's,
+`driver.Heartbeat`, through `Metadata`'s lock). Around each node it uses
 the reusable driver and publisher (`conveyor.pipeline.driver`: cache lookup,
 output URIs, code staging, publishing); the executor itself runs from a
 `conveyor.launch.Invocation`, in a worker thread or a child process, and sees
@@ -27,10 +28,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from conveyor import fs
+from conveyor import forkserver, fs
 from conveyor.artifacts import Artifact
 from conveyor.errors import PipelineDefinitionError, RunFailedError
-from conveyor.launch import Invocation, InvocationResult, describe_error, execute, failure
+from conveyor.launch import NODE_ENV, Invocation, InvocationResult, describe_error, execute, failure
 from conveyor.metadata import store as mdstore
 from conveyor.metadata.store import Metadata
 from conveyor.pipeline import driver
@@ -80,14 +81,17 @@ class LocalRunner:
     `enable_cache=False` re-runs every node (the CLI's --no-cache).
     `beam_pipeline_args` are appended to the pipeline's and precede each
     component's own, so the component's win.
-    `launcher="thread"` (the default) runs each node's executor in a thread
-    of this process; `"process"` runs it in a child process of its own
-    through `python -m conveyor.launch`, the contract any orchestrator can
-    use: nodes share no TF state, modules or sys.path, and a stopped run
-    kills them. Processes for the next nodes are started ahead and import
-    the ML stack while earlier nodes run (`_Launchers`); on 2 cores the
-    taxi example still took 0-13% longer than with threads (eight imports
-    of TensorFlow instead of one) and ~0.7 GB more per waiting process.
+    `launcher="fork"` (the default on Linux) runs each node's executor in a
+    process of its own, forked from a server that imported the ML stack
+    once (`conveyor.forkserver`): nodes share no TF state, modules or
+    sys.path, a stopped run kills them with their process groups, and a
+    node starts in milliseconds. `"process"` starts a fresh interpreter per
+    node through `python -m conveyor.launch`, the contract any orchestrator
+    can use (each imports TensorFlow itself; processes for the next nodes
+    are started ahead, `_Launchers`). `"thread"` (the default where fork is
+    not available) runs executors in threads of this process: no
+    isolation, and a stopped run cannot stop them, only skip what cannot be
+    undone.
     `run_from` names a node that runs again, with everything downstream of
     it, whatever the cache holds.
 
@@ -101,10 +105,14 @@ class LocalRunner:
 
     A run first finds the pipeline's executions left RUNNING by a process
     that died (kill -9, a crash) and marks them FAILED, removing their
-    partial outputs; then the nodes they belonged to run again.
+    partial outputs; then the nodes they belonged to run again. An owner on
+    another host cannot be looked for: while a node runs, its execution's
+    heartbeat is refreshed (`driver.Heartbeat`), and one whose owner elsewhere
+    sent none for `stale_after` seconds (default: $CONVEYOR_STALE_AFTER, else
+    600) counts as abandoned too.
     """
 
-    LAUNCHERS = ("thread", "process")
+    LAUNCHERS = ("fork", "thread", "process")
 
     def __init__(
         self,
@@ -113,17 +121,25 @@ class LocalRunner:
         enable_cache: bool = True,
         beam_pipeline_args: list[str] | None = None,
         echo: Callable[[str], None] | None = None,
-        launcher: str = "thread",
+        launcher: str | None = None,
         run_from: str | None = None,
         verbose: bool = False,
+        stale_after: float | None = None,
     ) -> None:
+        if launcher is None:
+            launcher = "fork" if forkserver.available() else "thread"
+        if launcher == "fork" and not forkserver.available():
+            raise ValueError("LocalRunner launcher 'fork' needs Linux (fork and pidfd_open); use 'process'")
         if launcher not in self.LAUNCHERS:
             raise ValueError(f"LocalRunner launcher {launcher!r} is not one of {list(self.LAUNCHERS)}")
         self.launcher = launcher
         self.run_from = run_from
         self._owner = driver.owner()
+        self.stale_after = driver.stale_limit(stale_after)
+        self._heartbeat: driver.Heartbeat | None = None
         self._children = _Children()
         self._launchers: _Launchers | None = None
+        self._forks: forkserver.ForkServer | None = None
         self._cancelled = threading.Event()
         self.max_workers = max_workers
         self.enable_cache = enable_cache
@@ -139,6 +155,7 @@ class LocalRunner:
     def run(self, pipeline: Pipeline, *, run_id: str | None = None, raise_on_failure: bool = True) -> RunResult:
         start = time.monotonic()
         run_id = run_id or datetime.datetime.now().strftime("%Y%m%dT%H%M%S.%f")
+        self._check_loadable(pipeline)
         driver.check_code_reaches_workers(pipeline.components, pipeline.root,
                                           lambda c: self._beam_args(pipeline, c))
         fs.makedirs(pipeline.root)
@@ -178,6 +195,28 @@ class LocalRunner:
             )
         return run
 
+    def _check_loadable(self, pipeline: Pipeline) -> None:
+        """Before anything runs: a run inside a node's process (a pipeline
+        file that runs its pipeline when a node's process imports it), or a
+        component a node's process cannot load, is a definition error."""
+        node = os.environ.get(NODE_ENV)
+        if node:
+            raise PipelineDefinitionError(
+                f"pipeline {pipeline.name!r}: a run was started inside the process of node {node!r}, which "
+                f"imported the file defining its component; that file starts a run when imported. Put the run "
+                f'under `if __name__ == "__main__":`.'
+            )
+        if self.launcher == "thread":
+            return
+        for c in pipeline.components:
+            cls = type(c)
+            if "<locals>" in cls.__qualname__:
+                raise PipelineDefinitionError(
+                    f"component {c.id!r}: {cls.__module__}.{cls.__qualname__} is defined inside a function, so "
+                    f"the node's own process (launcher {self.launcher!r}) cannot load it. Define it at the top "
+                    f"level of a module or script, or run with LocalRunner(launcher=\"thread\") (--launcher thread)."
+                )
+
     def _run(self, pipeline: Pipeline, run_id: str, start: float) -> tuple[RunResult, NodeResult | None]:
         md = Metadata(pipeline.metadata)
         pipeline_ctx = md.context("pipeline", pipeline.name)
@@ -193,7 +232,7 @@ class LocalRunner:
         self._children, self._cancelled = _Children(), threading.Event()
         self._say(f"pipeline {pipeline.name}: run {run_id} ({len(pipeline.components)} components)")
         self._say(f"  root {pipeline.root}, metadata {pipeline.metadata}")
-        driver.reconcile(md, pipeline, pipeline_ctx, self._say)
+        driver.reconcile(md, pipeline, pipeline_ctx, self._say, stale_after=self.stale_after)
         forced = _downstream(pipeline, self.run_from) if self.run_from else set()
 
         results: dict[str, NodeResult] = {}
@@ -209,6 +248,7 @@ class LocalRunner:
         launchers = self._launchers = (_Launchers(self._children, spares=min(self.max_workers, 2),
                                                   inherit_output=self.verbose)
                                        if self.launcher == "process" else None)
+        self._forks = forkserver.ForkServer(inherit_output=self.verbose) if self.launcher == "fork" else None
 
         def expect(starting: Component | None = None) -> None:
             # How many more nodes may still need a launcher process (besides `starting`).
@@ -216,6 +256,7 @@ class LocalRunner:
                 launchers.remaining = 0 if failed else sum(
                     c.KIND != "resolver" and c is not starting for c in pending)
 
+        heartbeat = self._heartbeat = driver.Heartbeat(md).start()
         try:
             while True:
                 expect()
@@ -262,6 +303,8 @@ class LocalRunner:
             self._children.stop_all()
             if launchers is not None:
                 launchers.close()
+            if self._forks is not None:
+                self._forks.stop()
             by_id = {c.id: c for c in pipeline.components}
             for execution in md.executions(run_ctx.id):
                 if execution.last_known_state != mdstore._pb().Execution.RUNNING:
@@ -276,8 +319,12 @@ class LocalRunner:
                 self._say(f"  {component.id:<28} CANCELED")
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+        finally:
+            heartbeat.stop()
         if launchers is not None:
             launchers.close()
+        if self._forks is not None:
+            self._forks.close()
         pool.shutdown(wait=True)
         for component in pipeline.components:
             if component.id not in results:
@@ -295,7 +342,7 @@ class LocalRunner:
         path recorded on the execution now, so a running or crashed one has it too."""
         if self.verbose:
             return None
-        if self.launcher == "process":
+        if self.launcher != "thread":
             what = "everything the node's process wrote to its stdout and stderr"
         else:
             what = (f"what the node's threads wrote through Python (print, logging, warnings, Keras);\n"
@@ -381,7 +428,7 @@ class LocalRunner:
         if use_cache and waiting is not None:
             # A concurrent run of this pipeline computes the same thing now:
             # wait for it, then take its outputs from the cache.
-            twin = driver.running_twin(md, node_ctx.id, key, self._owner)
+            twin = driver.running_twin(md, node_ctx.id, key, self._owner, stale_after=self.stale_after)
             if twin is not None:
                 if component.id not in waiting:
                     who = json.loads(twin.custom_properties[mdstore.OWNER].string_value)
@@ -409,19 +456,24 @@ class LocalRunner:
         try:
             outputs = driver.output_artifacts(pipeline.root, component, execution_id)
             staged = driver.stage_user_code(component, params, pipeline.root, hashed=parts)
+            code_file = driver.stage_class_file(component, pipeline.root, hashed=parts)
         except Exception as e:  # noqa: BLE001 - recorded as FAILED, then raised by run()
             return self._failed(md, component, execution_id, contexts, t0, describe_error(component.id, e))
         invocation = driver.invocation(
             component, staged, inputs, outputs, pipeline_name=pipeline.name, root=pipeline.root,
-            execution_id=execution_id, beam_args=beam_args,
+            execution_id=execution_id, beam_args=beam_args, code_file=code_file,
         )
-        if log is not None and self.launcher == "process":
+        if log is not None and self.launcher != "thread":
             invocation.log_file = log.local
         why = f" (re-run: {'; '.join(reason)})" if reason else ""
         self._console.running(component.id)
         self._say(f"  {component.id:<28} running{why}")
         if self._launchers is not None:
             self._launchers.queue()
+        if self._forks is not None:
+            self._forks.start()  # from this thread, which lives as long as the run (see die_with_parent)
+        if self._heartbeat is not None:
+            self._heartbeat.add(execution_id)
         fut = pool.submit(self._launch_with_retries, invocation, type(component), component, outputs, log)
         result = NodeResult(component.id, "RUNNING", execution_id, rerun_reason=reason,
                             log_path=log.path if log is not None else None)
@@ -433,6 +485,8 @@ class LocalRunner:
         its Python output to `log`, or in a child process through
         `python -m conveyor.launch` (`first`: the node's first attempt)."""
         try:
+            if self._forks is not None:
+                return _launch_forked(invocation, self._forks)
             if self.launcher == "process":
                 assert self._launchers is not None
                 return _launch_in_child(invocation, self._launchers, self._children, queued=first)
@@ -475,6 +529,8 @@ class LocalRunner:
     def _finish(
         self, md: Metadata, component: Component, execution_id: int, io: dict, contexts: list, t0: float, fut: Any
     ) -> NodeResult:
+        if self._heartbeat is not None:
+            self._heartbeat.discard(execution_id)
         launched, retried = fut.result()
         if retried:
             md.set_execution_properties(execution_id, {
@@ -541,7 +597,7 @@ class _Children:
                 raise RuntimeError("the run was stopped")
             proc = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=stdout, stderr=stderr, text=True,
-                start_new_session=True, preexec_fn=_die_with_parent(),
+                start_new_session=True, preexec_fn=forkserver.die_with_parent(),
             )
             self._procs.add(proc)
             return proc
@@ -569,22 +625,6 @@ class _Children:
                     pass
             if all(p.poll() is not None for p in procs):
                 return
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """On Linux, for Popen(preexec_fn=): the kernel kills the child when the
-    thread that started it dies, so a `kill -9` of the run leaves no
-    launcher running on."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the forked child
-
-    def set_pdeathsig() -> None:
-        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-    return set_pdeathsig
 
 
 @dataclasses.dataclass
@@ -701,15 +741,6 @@ def _discard(launcher: _Launcher, children: _Children) -> None:
     shutil.rmtree(launcher.scratch, ignore_errors=True)
 
 
-def _tail(path: str, lines: int = 20) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 64 * 1024))
-            return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 def _launch_in_child(invocation: Invocation, launchers: _Launchers, children: _Children,
                      queued: bool) -> InvocationResult:
     """The invocation run by a `python -m conveyor.launch --serve` process."""
@@ -734,11 +765,21 @@ def _launch_in_child(invocation: Invocation, launchers: _Launchers, children: _C
             with open(answer, encoding="utf-8") as f:
                 return InvocationResult.from_json(f.read())
         # Before its invocation the process wrote to its scratch files, after it to the node's log.
-        before = _tail(os.path.join(launcher.scratch, "stderr")) or _tail(os.path.join(launcher.scratch, "stdout"))
-        tail = "\n".join(t for t in (before, _tail(invocation.log_file) if invocation.log_file else "") if t)
+        before = (forkserver.tail(os.path.join(launcher.scratch, "stderr"))
+                  or forkserver.tail(os.path.join(launcher.scratch, "stdout")))
+        tail = "\n".join(t for t in (before, forkserver.tail(invocation.log_file) if invocation.log_file else "") if t)
         return InvocationResult(
             error=f"{invocation.component_id}: the launcher process exited with code {launcher.proc.returncode} "
                   f"without a result:\n{tail}"
         )
     finally:
         shutil.rmtree(launcher.scratch, ignore_errors=True)
+
+
+def _launch_forked(invocation: Invocation, forks: forkserver.ForkServer) -> InvocationResult:
+    """The invocation run by a child of the run's fork server."""
+    code, result, tail = forks.run(invocation.to_json(), invocation.log_file)
+    if result:
+        return InvocationResult.from_json(result)
+    how = "was lost with the fork server" if code is None else f"exited with code {code}"
+    return InvocationResult(error=f"{invocation.component_id}: the node's process {how} without a result:\n{tail}")

@@ -1,0 +1,331 @@
+"""Each node in a process of its own, at the cost of a fork: the fork server.
+
+LocalRunner's default launcher (`launcher="fork"`). A run starts one server
+process, `python -m conveyor.launch --fork-server`, the first time a node
+must really run (a fully cached run starts none). The server imports the
+stack the standard components use (`conveyor.launch.WARM_MODULES`, never
+user code) in its one thread and forks a child per node. The child runs the
+node's invocation exactly as `python -m conveyor.launch` would (its output
+to the node's log) and exits; so each node gets a fresh process, with its own
+TensorFlow state, modules and sys.path, that can be killed with its process
+group, without importing TensorFlow once per node.
+
+Forking is safe here because the server never runs a TensorFlow op, starts
+no thread of its own and touches no Beam or gRPC state: what the imports
+start (pyarrow's and jemalloc's threads) is fork-aware. The server imports
+module by module and checks for a request between two, so a node asked for
+early forks at once and imports the rest itself.
+
+Protocol: requests are JSON lines on the server's stdin,
+`{"id": N, "invocation": PATH, "result": PATH}`; the server answers on the
+file descriptor named by `--reply-fd` with `{"id": N, "pid": PID}` once the
+child is forked and `{"pid": PID, "code": CODE}` once it has exited (CODE as
+`os.waitstatus_to_exitcode`: negative for a signal). At end of input the
+server waits for its children and exits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import IO
+
+__all__ = ["ForkServer", "serve", "die_with_parent", "available", "tail"]
+
+
+def available() -> bool:
+    """Whether this platform can run the fork server (Linux: fork and pidfds)."""
+    return sys.platform.startswith("linux") and hasattr(os, "fork") and hasattr(os, "pidfd_open")
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """On Linux, for Popen(preexec_fn=) or a forked child: the kernel kills
+    the process when the thread that started it dies, so a `kill -9` of the
+    run leaves nothing running on."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the forked child
+
+    def set_pdeathsig() -> None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    return set_pdeathsig
+
+
+# -- the server (in its own process) ----------------------------------------------
+
+
+def serve(reply_fd: int, modules: Sequence[str],
+          run: Callable[[str, str | None], int], exit_process: Callable[[int], None]) -> int:
+    """The server's loop: import `modules` one by one while no request
+    waits; fork a child per request, which calls `run(invocation, result)`
+    and leaves through `exit_process(code)`; report children's pids and
+    exit codes on `reply_fd`. Returns once input has ended and every child
+    has been reaped."""
+    reply = os.fdopen(reply_fd, "w", buffering=1, encoding="utf-8")
+    pending = list(modules)
+    children: dict[int, int] = {}  # pidfd -> pid
+    buffered = b""
+    ended = False
+    on_death = die_with_parent()
+    while not (ended and not children):
+        watched = ([] if ended else [0]) + list(children)
+        ready, _, _ = select.select(watched, [], [], 0 if pending else None)
+        if not ready and pending:
+            try:
+                importlib.import_module(pending.pop(0))
+            except ImportError:
+                pass  # not installed: the executor that needs it reports it
+            continue
+        for fd in ready:
+            if fd != 0:
+                pid = children.pop(fd)
+                os.close(fd)
+                _, status = os.waitpid(pid, 0)
+                reply.write(json.dumps({"pid": pid, "code": os.waitstatus_to_exitcode(status)}) + "\n")
+                continue
+            chunk = os.read(0, 1 << 16)
+            if not chunk:
+                ended = True
+                continue
+            buffered += chunk
+            while b"\n" in buffered:
+                line, buffered = buffered.split(b"\n", 1)
+                if not line.strip():
+                    continue
+                request = json.loads(line)
+                pid = os.fork()
+                if pid == 0:
+                    _child(request, [reply_fd, *children], on_death, run, exit_process)
+                children[os.pidfd_open(pid)] = pid
+                reply.write(json.dumps({"id": request["id"], "pid": pid}) + "\n")
+    return 0
+
+
+def _child(request: dict, inherited: list[int], on_death: Callable[[], None] | None,
+           run: Callable[[str, str | None], int], exit_process: Callable[[int], None]) -> None:
+    """In the forked child: a process group of its own (a stopped run kills
+    it whole), dead with the server, no handle of the server's; then the
+    node. Never returns."""
+    code = 70
+    try:
+        os.setsid()
+        parent = os.getppid()
+        if on_death is not None:
+            on_death()
+            if os.getppid() != parent:  # the server died before the line above
+                os._exit(code)
+        for fd in inherited:
+            os.close(fd)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        code = run(request["invocation"], request.get("result"))
+    except BaseException:  # noqa: BLE001 - a child must never return into the server's loop
+        traceback.print_exc()
+    exit_process(code)
+    os._exit(code)
+
+
+# -- the client (in the run's process) --------------------------------------------
+
+
+@dataclasses.dataclass
+class _Request:
+    scratch: str
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    pid: int | None = None
+    code: int | None = None
+
+
+class ForkServer:
+    """A run's fork server, seen from the run's process: `start` it (once,
+    from a thread that lives as long as the run), `run` invocations from
+    any thread, `close` it at the end or `stop` it, killing every node,
+    when the run is stopped. With `inherit_output` (a verbose run) the
+    server and its children write where this process does; else to a
+    scratch file, until a node's invocation points its child at its log."""
+
+    def __init__(self, inherit_output: bool = False) -> None:
+        self._inherit_output = inherit_output
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._requests: dict[int, _Request] = {}
+        self._by_pid: dict[int, _Request] = {}
+        self._next_id = 0
+        self._stopped = False
+        self._scratch = ""
+        self._reader: threading.Thread | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._proc is not None
+
+    def start(self) -> None:
+        with self._lock:
+            if self._proc is not None:
+                return
+            if self._stopped:
+                raise RuntimeError("the run was stopped")
+            self._scratch = tempfile.mkdtemp(prefix="conveyor-forkserver-")
+            read_end, write_end = os.pipe()
+            argv = [sys.executable, "-m", "conveyor.launch", "--fork-server", "--reply-fd", str(write_end)]
+            out: IO | None = None
+            try:
+                if not self._inherit_output:
+                    out = open(os.path.join(self._scratch, "output"), "wb")  # noqa: SIM115 - closed below
+                self._proc = subprocess.Popen(
+                    argv, stdin=subprocess.PIPE, stdout=out, stderr=out, pass_fds=(write_end,),
+                    start_new_session=True, preexec_fn=die_with_parent(),
+                )
+            finally:
+                os.close(write_end)
+                if out is not None:
+                    out.close()
+            self._reader = threading.Thread(target=self._read, args=(read_end,), name="conveyor-forkserver",
+                                            daemon=True)
+            self._reader.start()
+
+    def run(self, invocation_json: str, log_file: str = "") -> tuple[int | None, str | None, str]:
+        """Run one invocation (its JSON) in a forked child and wait for it:
+        (exit code or None if the server died, the result's JSON or None,
+        the end of what the child and the server wrote, for errors)."""
+        self.start()
+        scratch = tempfile.mkdtemp(prefix="conveyor-node-", dir=self._scratch)
+        try:
+            request_path, result_path = os.path.join(scratch, "invocation.json"), os.path.join(scratch, "result.json")
+            # The invocation holds the real parameters (secrets too): only we may read it.
+            with open(os.open(request_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as f:
+                f.write(invocation_json)
+            with self._lock:
+                if self._stopped:
+                    raise RuntimeError("the run was stopped")
+                self._next_id += 1
+                request = self._requests[self._next_id] = _Request(scratch)
+                line = json.dumps({"id": self._next_id, "invocation": request_path, "result": result_path})
+                assert self._proc is not None and self._proc.stdin is not None
+                try:
+                    self._proc.stdin.write((line + "\n").encode())
+                    self._proc.stdin.flush()
+                except (BrokenPipeError, OSError):
+                    request.done.set()  # the server is gone: no code
+            request.done.wait()
+            result = None
+            if os.path.exists(result_path):
+                with open(result_path, encoding="utf-8") as f:
+                    result = f.read()
+            ends = "" if result else "\n".join(t for t in (tail(log_file) if log_file else "",
+                                                          tail(os.path.join(self._scratch, "output"))) if t)
+            return request.code, result, ends
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _read(self, fd: int) -> None:
+        with os.fdopen(fd, "r", encoding="utf-8") as replies:
+            for line in replies:
+                message = json.loads(line)
+                with self._lock:
+                    if "id" in message:
+                        request = self._requests.pop(message["id"], None)
+                        if request is not None:
+                            request.pid = message["pid"]
+                            self._by_pid[message["pid"]] = request
+                    else:
+                        request = self._by_pid.pop(message["pid"], None)
+                        if request is not None:
+                            request.code = message["code"]
+                            request.done.set()
+        # The server has gone (killed, or exited at end of input): nothing more will end.
+        with self._lock:
+            for request in [*self._requests.values(), *self._by_pid.values()]:
+                request.done.set()
+            self._requests.clear()
+            self._by_pid.clear()
+
+    def close(self, grace: float = 10.0) -> None:
+        """End of the run: no more requests; the server exits once its
+        children have (normally none are left)."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.stop()
+        self._cleanup()
+
+    def stop(self, grace: float = 3.0) -> None:
+        """The run was stopped: SIGTERM to every node's process group,
+        SIGKILL to what is left after `grace` s, then the server."""
+        with self._lock:
+            self._stopped = True
+            pids = list(self._by_pid)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                try:
+                    os.killpg(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+                time.sleep(0.05)
+            if not any(_alive(pid) for pid in pids):
+                break
+        if self._proc is not None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self._proc.wait()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._proc is not None and self._proc.stdin is not None:
+            try:
+                self._proc.stdin.close()
+            except OSError:
+                pass
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        if self._scratch:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a node's process still runs (a zombie, not yet reaped by the
+    server, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def tail(path: str, lines: int = 20) -> str:
+    """The last `lines` lines of a local file ('' when it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 64 * 1024))
+            return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-lines:])
+    except OSError:
+        return ""
