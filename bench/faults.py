@@ -15,6 +15,8 @@ and the files:
 - partial models in the serving directory: anything there but numbered
   versions holding a saved_model.pb (target 0);
 - RUNNING executions left (target 0);
+- processes of the interrupted run (nodes, the fork server, Beam workers)
+  still running 5 s after it ended (target 0), and how long it took to stop;
 - the extra time a resume costs: time until the signal plus the resume,
   minus the uninterrupted run.
 """
@@ -50,17 +52,45 @@ def _run(root: str, args: argparse.Namespace) -> tuple[int, float, str]:
     return proc.returncode, time.monotonic() - t0, proc.stdout + proc.stderr
 
 
-def _interrupted(root: str, args: argparse.Namespace, delay: float, sig: int) -> float:
-    """Start a run, send `sig` after `delay` seconds; the time until it ended."""
+def _interrupted(root: str, args: argparse.Namespace, delay: float, sig: int) -> tuple[float, float, int]:
+    """Start a run, send `sig` after `delay` seconds: the time until it
+    ended, how long it took to stop after the signal, and how many of its
+    processes (anything with its root in the environment: nodes, the fork
+    server, Beam workers) still ran 5 s after it ended."""
     t0 = time.monotonic()
     proc = subprocess.Popen([*CONVEYOR, "--launcher", args.launcher], env=_env(root, args), cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stop = 0.0
     try:
         proc.wait(timeout=delay)
     except subprocess.TimeoutExpired:
+        t_sig = time.monotonic()
         proc.send_signal(sig)
         proc.wait(timeout=120)
-    return time.monotonic() - t0
+        stop = time.monotonic() - t_sig
+    ended = time.monotonic() - t0
+    deadline = time.monotonic() + 5
+    while _processes_of(root) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return ended, stop, len(_processes_of(root))
+
+
+def _processes_of(root: str) -> list[int]:
+    """Live processes whose environment names this run's root."""
+    marker = f"CONVEYOR_TAXI_ROOT={root}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if marker in f.read().split(b"\0"):
+                    with open(f"/proc/{entry}/stat", "rb") as st:
+                        if st.read().rpartition(b")")[2].split()[0] != b"Z":
+                            found.append(int(entry))
+        except OSError:
+            continue
+    return found
 
 
 def _check(root: str) -> dict[str, int]:
@@ -106,14 +136,15 @@ def main() -> int:
         sys.exit(f"the uninterrupted run failed:\n{out[-3000:]}")
     print(f"uninterrupted run: {reference:.1f} s ({args.train_steps} training steps, launcher {args.launcher}; "
           f"load average {os.getloadavg()[0]:.2f})")
-    totals = {"completed": 0, "partial_artifacts": 0, "partial_models": 0, "running": 0}
+    totals = {"completed": 0, "partial_artifacts": 0, "partial_models": 0, "running": 0, "survivors": 0}
     extra: list[float] = []
+    stops: list[float] = []
     for i in range(args.runs):
         sig = sigs[i % len(sigs)]
         delay = rng.uniform(1.0, reference)
         root = tempfile.mkdtemp(prefix=f"run{i}-", dir=args.work_dir)
         try:
-            before = _interrupted(root, args, delay, sig)
+            before, stop, survivors = _interrupted(root, args, delay, sig)
             code, resumed, out = _run(root, args)
             states = {m.group(1): m.group(2) for m in map(_STATE.match, out.splitlines()) if m}
             ok = code == 0 and states and all(s in ("COMPLETE", "CACHED", "resolved") for s in states.values())
@@ -121,11 +152,15 @@ def main() -> int:
         finally:
             shutil.rmtree(root, ignore_errors=True)
         totals["completed"] += bool(ok)
+        totals["survivors"] += survivors
+        if stop:
+            stops.append(stop)
         for k, v in found.items():
             totals[k] += v
         extra.append(before + resumed - reference)
         cached = sum(s == "CACHED" for s in states.values())
-        print(f"run {i + 1:>2}: {signal.Signals(sig).name} after {delay:5.1f} s; resume {resumed:5.1f} s "
+        print(f"run {i + 1:>2}: {signal.Signals(sig).name} after {delay:5.1f} s, stopped in {stop:4.1f} s, "
+              f"{survivors} of its processes left; resume {resumed:5.1f} s "
               f"({cached} cached), {'completed' if ok else 'FAILED'}; partial artifacts {found['partial_artifacts']}, "
               f"partial models {found['partial_models']}, RUNNING left {found['running']}", flush=True)
     n = args.runs
@@ -133,11 +168,15 @@ def main() -> int:
     print(f"LIVE artifacts pointing at partial output: {totals['partial_artifacts']} (target 0)")
     print(f"partial models in the serving directory: {totals['partial_models']} (target 0)")
     print(f"RUNNING executions left: {totals['running']} (target 0)")
+    print(f"processes left running 5 s after an interrupted run ended: {totals['survivors']} (target 0)")
+    if stops:
+        print(f"time from the signal until the run had stopped: mean {sum(stops) / len(stops):.1f} s, "
+              f"max {max(stops):.1f} s")
     if extra:
         print(f"extra time of interrupt + resume over an uninterrupted run: mean {sum(extra) / n:.1f} s, "
               f"max {max(extra):.1f} s (uninterrupted {reference:.1f} s)")
     return 0 if totals["completed"] == n and not (totals["partial_artifacts"] or totals["partial_models"]
-                                                   or totals["running"]) else 1
+                                                   or totals["running"] or totals["survivors"]) else 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 __all__ = [
     "ConveyorError",
     "PipelineDefinitionError",
+    "ExecutionTakenOverError",
     "ExecutorError",
     "RunFailedError",
     "closest",
@@ -26,6 +27,11 @@ class PipelineDefinitionError(ConveyorError, TypeError):
 class ExecutorError(ConveyorError):
     """An executor met input it cannot use. Raised before any output is
     published; the message says what was expected and what to do."""
+
+
+class ExecutionTakenOverError(ConveyorError):
+    """While an execution ran, another run recorded it as ended (took it for
+    abandoned: its owner sent no heartbeat); its outputs are not published."""
 
 
 class RunFailedError(ConveyorError):

@@ -28,6 +28,11 @@ the stack the standard components use (`WARM_MODULES`: TensorFlow with Keras
 2, TFDV, tf.Transform, TFMA, Beam, pyarrow; never user code), which takes
 seconds, while it waits. Each process runs one invocation, so nothing of
 one node (TF state, modules, sys.path) reaches another.
+
+    python -m conveyor.launch --fork-server --reply-fd N
+
+is LocalRunner's default launcher: it imports that stack once and forks a
+child per request, which runs it as above (see `conveyor.forkserver`).
 """
 
 from __future__ import annotations

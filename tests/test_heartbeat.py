@@ -178,3 +178,36 @@ def test_the_staleness_limit_is_a_keyword_or_an_environment_variable(monkeypatch
         LocalRunner()
     with pytest.raises(ValueError, match=r"stale_after=5: .* give at least 60"):
         LocalRunner(stale_after=5)
+
+
+def test_an_execution_another_run_took_for_abandoned_is_not_published_when_it_ends(tmp_path):
+    # A run whose host was paused past the limit: meanwhile another run marked its
+    # execution FAILED (abandoned). When its node then ends, nothing is published over that.
+    gate = str(tmp_path / "gate")
+    pipeline = Pipeline("paused", str(tmp_path / "root"), [wait_for_release(gate=gate)])
+    lines = _Lines()
+    results: list = []
+    thread = threading.Thread(target=lambda: results.append(
+        LocalRunner(echo=lines).run(pipeline, raise_on_failure=False)), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(gate + ".started") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        md = Metadata(pipeline.metadata)
+        [e] = [x for x in md.store.get_executions() if x.last_known_state == pb.Execution.RUNNING]
+        abandoned = "abandoned: its owner on host elsewhere sent no heartbeat for 900 s"
+        md.finish_execution(e.id, md.contexts_of(e.id), {}, state="FAILED", properties={mdstore.ERROR: abandoned})
+    finally:
+        open(gate, "w").close()
+        thread.join(timeout=60)
+    [result] = results
+    node = result.nodes["wait_for_release"]
+    assert node.state == "FAILED" and "set by another run while it ran" in node.error, lines.text()
+    assert "FAILED" in lines.text() and "discarded" in lines.text()
+    md = Metadata(pipeline.metadata)
+    [e] = md.store.get_executions_by_id([e.id])
+    assert e.last_known_state == pb.Execution.FAILED
+    assert e.custom_properties[mdstore.ERROR].string_value == abandoned  # the other run's word stands
+    assert md.store.get_artifacts() == []  # nothing published
+    assert not list((tmp_path / "root" / "wait_for_release").rglob("rows.txt"))

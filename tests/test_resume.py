@@ -81,8 +81,15 @@ def test_a_run_killed_mid_node_is_reconciled_and_resumed(tmp_path):
     (tmp_path / "pipeline.py").write_text(PIPELINE)
     proc = _conveyor("run", "pipeline.py", cwd=tmp_path)
     _wait_for(tmp_path / "started", proc)
+    worker = int((tmp_path / "started").read_text())
+    assert worker != proc.pid  # the node runs in a process of its own (the default launcher)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    # The node's process dies with the run (and the fork server it came from).
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{worker}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{worker}")
 
     md = Metadata(str(tmp_path / "root" / "metadata.sqlite"))
     running = [e for e in md.store.get_executions() if e.last_known_state == pb.Execution.RUNNING]

@@ -308,12 +308,15 @@ class Metadata:
         outputs: dict[str, list[Artifact]],
         state: str = "COMPLETE",
         properties: dict[str, Any] | None = None,
+        only_if_running: bool = False,
     ) -> None:
         """Publish outputs (LIVE, with OUTPUT events; INTERNAL_OUTPUT for a
         resolver) and set the final state. Artifacts that already have an id
         (a cache hit, a resolver's choice) are linked, not copied; new ones get
         `tfx_version` and `conveyor_version`. An ERROR property is also
-        recorded as TFX's EXECUTION_RESULT."""
+        recorded as TFX's EXECUTION_RESULT. `only_if_running`: raise
+        ExecutionTakenOverError, writing nothing, when the execution is no
+        longer RUNNING (another run ended it meanwhile)."""
         pb = _pb()
         properties = dict(properties or {})
         if properties.get(ERROR) is not None:
@@ -327,6 +330,16 @@ class Metadata:
                     art.custom_properties.setdefault(CONVEYOR_VERSION, _conveyor_version())
         with self._lock:
             [e] = self.store.get_executions_by_id([execution_id])
+            if only_if_running and e.last_known_state != pb.Execution.RUNNING:
+                from conveyor.errors import ExecutionTakenOverError
+
+                recorded = e.custom_properties.get(ERROR)
+                why = f": {recorded.string_value}" if recorded is not None and recorded.string_value else ""
+                raise ExecutionTakenOverError(
+                    f"execution {execution_id} is {pb.Execution.State.Name(e.last_known_state)} in the store, set "
+                    f"by another run while it ran{why}. Its outputs were discarded, not published; run again "
+                    f"(a longer stale_after keeps a slow host's executions)."
+                )
             e.last_known_state = getattr(pb.Execution, state)
             for k, v in properties.items():
                 if v is not None:

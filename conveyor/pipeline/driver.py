@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 from conveyor import fs
 from conveyor.artifacts import Artifact
 from conveyor.components.base import fingerprint_files, snapshot_import_path, user_code_files
-from conveyor.errors import PipelineDefinitionError
+from conveyor.errors import ExecutionTakenOverError, PipelineDefinitionError
 from conveyor.launch import Invocation, InvocationResult, artifacts_to_json
 from conveyor.metadata import store as mdstore
 from conveyor.metadata.store import Metadata
@@ -724,7 +724,12 @@ def publish(md: Metadata, execution_id: int, contexts: Sequence[Any],
     for arts in outputs.values():
         for a in arts:
             fs.mark_complete(a.uri)
-    md.finish_execution(execution_id, contexts, outputs)
+    try:
+        # Not over an execution another run ended meanwhile (took it for abandoned).
+        md.finish_execution(execution_id, contexts, outputs, only_if_running=True)
+    except ExecutionTakenOverError:
+        remove_outputs(outputs)
+        raise
     return outputs
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from conveyor import forkserver, fs
 from conveyor.artifacts import Artifact
-from conveyor.errors import PipelineDefinitionError, RunFailedError
+from conveyor.errors import ExecutionTakenOverError, PipelineDefinitionError, RunFailedError
 from conveyor.launch import NODE_ENV, Invocation, InvocationResult, describe_error, execute, failure
 from conveyor.metadata import store as mdstore
 from conveyor.metadata.store import Metadata
@@ -539,7 +539,15 @@ class LocalRunner:
         if not launched.succeeded:
             driver.remove_outputs(io["outputs"])
             return self._failed(md, component, execution_id, contexts, t0, launched.error)
-        outputs = driver.publish(md, execution_id, contexts, launched)
+        try:
+            outputs = driver.publish(md, execution_id, contexts, launched)
+        except ExecutionTakenOverError as e:
+            # The store already says how it ended: nothing more is written there.
+            seconds = time.monotonic() - t0
+            log_path = self._close_log(execution_id, f"FAILED after {seconds:.1f}s:\n{e}")
+            self._console.ended(component.id)
+            self._say(f"  {component.id:<28} FAILED after {seconds:.1f}s: {e}")
+            return NodeResult(component.id, "FAILED", execution_id, seconds, error=str(e), log_path=log_path)
         seconds = time.monotonic() - t0
         note = launched.note
         self._close_log(execution_id, f"COMPLETE in {seconds:.1f}s{' - ' + note if note else ''}")
