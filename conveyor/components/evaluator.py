@@ -453,6 +453,15 @@ def _read_serialized_examples(pipeline: Any, examples: Examples, split: str) -> 
     ) | f"ToTFExample[{split}]" >> beam.FlatMap(examples_io.encode_examples)
 
 
+def _direct_runner(beam_args: list[str]) -> bool:
+    """Whether the Beam flags name Beam's local DirectRunner (the default)."""
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    runner = PipelineOptions(list(beam_args)).view_as(StandardOptions).runner
+    return (runner or "DirectRunner").lower() in ("directrunner", "direct", "switchingdirectrunner",
+                                                   "bundlebaseddirectrunner")
+
+
 def run(
     inputs: dict[str, list[Artifact]],
     outputs: dict[str, list[Artifact]],
@@ -502,9 +511,11 @@ def run(
     except (ValueError, RuntimeError) as e:
         raise ctx.error(f"eval_config is not valid for TFMA: {e}") from e
     skip_autograph_for_tf_keras()
-    # The common configurations are computed on whole batches (the model
-    # loaded once), writing TFMA's own files; anything else runs through TFMA.
-    if not (os.environ.get(TFMA_ONLY_ENV) or "").strip() and fast_eval.evaluate(
+    # On the DirectRunner the common configurations are computed here on whole
+    # batches (the model loaded once), writing TFMA's own files; anything
+    # else, and every run on a distributed runner, goes through TFMA's Beam pipeline.
+    batched = not (os.environ.get(TFMA_ONLY_ENV) or "").strip() and _direct_runner(ctx.beam_pipeline_args)
+    if batched and fast_eval.evaluate(
         eval_config=eval_config,
         examples=examples,
         splits=list(params.example_splits),
