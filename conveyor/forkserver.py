@@ -42,7 +42,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import IO
 
-__all__ = ["ForkServer", "serve", "die_with_parent", "available", "tail"]
+__all__ = ["ForkServer", "serve", "die_with_parent", "available", "stop_groups", "tail"]
 
 
 def available() -> bool:
@@ -280,17 +280,8 @@ class ForkServer:
         with self._lock:
             self._stopped = True
             pids = list(self._by_pid)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in pids:
-                try:
-                    os.killpg(pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
-                time.sleep(0.05)
-            if not any(_alive(pid) for pid in pids):
-                break
+        # A node's pid names its group (it called setsid); the server reaps it.
+        stop_groups({pid: (lambda pid=pid: _alive(pid)) for pid in pids}, grace)
         if self._proc is not None:
             try:
                 os.killpg(self._proc.pid, signal.SIGKILL)
@@ -309,6 +300,23 @@ class ForkServer:
             self._reader.join(timeout=5)
         if self._scratch:
             shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def stop_groups(groups: dict[int, Callable[[], bool]], grace: float = 3.0) -> None:
+    """SIGTERM to each process group (by its leader's pid), then SIGKILL to
+    all once `grace` s have passed with any leader still alive (each
+    group's callable says whether its leader is)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pgid in groups:
+            try:
+                os.killpg(pgid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(alive() for alive in groups.values()):
+            time.sleep(0.05)
+        if not any(alive() for alive in groups.values()):
+            return
 
 
 def _alive(pid: int) -> bool:

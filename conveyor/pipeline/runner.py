@@ -250,11 +250,11 @@ class LocalRunner:
                                        if self.launcher == "process" else None)
         self._forks = forkserver.ForkServer(inherit_output=self.verbose) if self.launcher == "fork" else None
 
-        def expect(starting: Component | None = None) -> None:
-            # How many more nodes may still need a launcher process (besides `starting`).
+        def expect() -> None:
+            # How many more nodes may still need a launcher process: those not
+            # yet handed to a worker thread (`queue` moves one to the queued).
             if launchers is not None:
-                launchers.remaining = 0 if failed else sum(
-                    c.KIND != "resolver" and c is not starting for c in pending)
+                launchers.remaining = 0 if failed else sum(c.KIND != "resolver" for c in pending)
 
         heartbeat = self._heartbeat = driver.Heartbeat(md).start()
         try:
@@ -264,7 +264,6 @@ class LocalRunner:
                 # Cached and resolver nodes finish at once, which may ready more.
                 progressed = False
                 for component in [c for c in pending if failed is None and self._ready(c, results)]:
-                    expect(starting=component)
                     started = self._start(md, pipeline, component, pipeline_ctx, run_ctx, produced, pool,
                                           forced=component.id in forced, waiting=waiting)
                     if started is None:
@@ -619,20 +618,7 @@ class _Children:
         with self._lock:
             self._stopped = True
             procs = list(self._procs)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for proc in procs:
-                try:
-                    os.killpg(proc.pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            deadline = time.monotonic() + grace
-            for proc in procs:
-                try:
-                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    pass
-            if all(p.poll() is not None for p in procs):
-                return
+        forkserver.stop_groups({p.pid: (lambda p=p: p.poll() is None) for p in procs}, grace)
 
 
 @dataclasses.dataclass
@@ -675,9 +661,12 @@ class _Launchers:
         self.remaining = 0
 
     def queue(self) -> None:
-        """A node was handed to the worker threads: it will `take(queued=True)`."""
+        """A node was handed to the worker threads: it will `take(queued=True)`.
+        It moves from `remaining` to the queued at once, so a spare being
+        decided meanwhile counts it exactly once."""
         with self._lock:
             self._queued += 1
+            self.remaining = max(0, self.remaining - 1)
 
     def take(self, queued: bool) -> _Launcher:
         """A process for a node (`queued`: its first attempt, announced by
