@@ -17,7 +17,7 @@ from tfx_bsl.public import tfxio
 from conveyor import schema as schema_lib
 from conveyor.artifacts import Examples, Model, ModelRun, Schema, TransformCache, TransformGraph
 from conveyor.components import trainer, transform
-from conveyor.components.base import ExecutionContext
+from conveyor.components.base import ExecutionContext, skip_autograph_for_libraries
 from conveyor.components.fn_args import DataAccessor, FnArgs
 from conveyor.components.trainer import EvalArgs, TrainArgs, Trainer, TrainerParams
 from conveyor.errors import ExecutorError, PipelineDefinitionError
@@ -228,3 +228,25 @@ def test_component_checks():
     assert component.code_files() == [TAXI_MODULE]
     assert set(component.outputs) == {"model", "model_run"}
     assert isinstance(FnArgs().custom_config, dict)
+
+
+def test_autograph_leaves_keras_and_tft_code_alone():
+    # Converting tf_keras' or tf.Transform's code costs seconds per exported
+    # signature and changes nothing; the user's own functions are converted.
+    import tf_keras
+    from tensorflow.python.autograph.impl import conversion
+    from tensorflow_transform.output_wrapper import TransformFeaturesLayer
+
+    skip_autograph_for_libraries()
+    skip_autograph_for_libraries()  # twice adds nothing
+    assert conversion.is_allowlisted(TransformFeaturesLayer.call)
+    assert conversion.is_allowlisted(tf_keras.layers.Dense.call)
+
+    def users_fn(x):
+        return x
+
+    assert not conversion.is_allowlisted(users_fn)
+    from tensorflow.python.autograph.core import config as autograph_config
+
+    prefixes = [getattr(rule, "_prefix", None) for rule in autograph_config.CONVERSION_RULES]
+    assert prefixes.count("tensorflow_transform") == 1 and prefixes.count("tf_keras") == 1

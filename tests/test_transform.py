@@ -258,3 +258,96 @@ def test_reads_tfrecord_examples(tmp_path):
     values = [r.features.feature["fare_again"].float_list.value[0] for r in rows]
     assert len(rows) == len(read_examples(examples, "train"))
     assert min(values) == 0.0 and max(values) == 1.0  # scaled over the train split itself
+
+
+def test_cache_files_are_what_tft_default_sink_and_source_use(tmp_path):
+    # Caches written before Conveyor wrote its own (by tf.Transform's
+    # default sink, Beam's WriteToTFRecord) still read, and tf.Transform's
+    # default source (ReadFromTFRecord) reads Conveyor's, empty entries too.
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    records = [b"entry-%d" % i for i in range(5)]
+    with beam.Pipeline() as p:
+        _ = p | beam.Create(records) | beam.io.WriteToTFRecord(str(tmp_path / "tft" / "0"), file_name_suffix=".gz")
+    assert sorted(transform._read_cache_files(str(tmp_path / "tft" / "0-*-of-*"))) == records
+
+    transform._write_cache_file(str(tmp_path / "ours" / "0"), iter([*records, None]))
+    transform._write_cache_file(str(tmp_path / "ours" / "1"), iter([None]))
+    assert sorted(transform._read_cache_files(str(tmp_path / "ours" / "0-*-of-*"))) == records
+    with beam.Pipeline() as p:
+        full = p | "Full" >> beam.io.ReadFromTFRecord(str(tmp_path / "ours" / "0-*-of-*"))
+        empty = p | "Empty" >> beam.io.ReadFromTFRecord(str(tmp_path / "ours" / "1-*-of-*"))
+        assert_that(full, equal_to(records), label="FullHasEveryRecord")
+        assert_that(empty, equal_to([]), label="EmptyHasNone")
+
+
+def test_beam_signatures_are_memoized_and_unchanged():
+    # Beam asks for the same signatures ~150k times per Transform run; the
+    # memo must answer exactly what Beam computes, for every kind of callable.
+    import functools
+    import inspect
+
+    import apache_beam as beam
+    from apache_beam.coders import VarIntCoder
+    from apache_beam.testing.util import assert_that, equal_to
+    from apache_beam.transforms import core
+    from apache_beam.transforms.userstate import BagStateSpec
+    from apache_beam.typehints import decorators
+
+    from conveyor.components.base import memoize_beam_signatures
+
+    class Fn(beam.DoFn):
+        def process(self, element, state=beam.DoFn.StateParam(BagStateSpec("bag", VarIntCoder())), *rest, **kw):
+            yield element
+
+        def varargs_only(*args):
+            return args
+
+    def plain(a, b=2, *, c):
+        return a
+
+    fn = Fn()
+    callables = [plain, fn.process, fn.varargs_only, len, str.upper, int, functools.partial(plain, 1),
+                 lambda x, y=1: x]
+    # Beam's own function, also when an earlier test installed the memo.
+    original = getattr(decorators.get_signature, "beam_original", decorators.get_signature)
+    before = [original(c) for c in callables]
+    memoize_beam_signatures()
+    memoize_beam_signatures()  # installs once
+    after = [decorators.get_signature(c) for c in callables]
+    assert after == before
+    assert decorators.get_signature(plain) is decorators.get_signature(plain)  # memoized
+    assert core.get_signature is decorators.get_signature
+    assert core.get_function_args_defaults(fn.process) == (
+        ["element", "state"], [inspect.signature(fn.process).parameters["state"].default])
+    with beam.Pipeline() as p:
+        assert_that(p | beam.Create([1, 2]) | beam.Map(lambda x, k=10: x * k), equal_to([10, 20]))
+
+
+def test_written_examples_are_gzip_members_every_reader_reads(tmp_path):
+    # Transform writes each batch as its own gzip member; a file of several
+    # (one bundle, several batches) must read whole in TensorFlow, Beam and
+    # Conveyor's own reader. An empty batch adds no member: TensorFlow's
+    # reader would stop at an empty one.
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from conveyor.components import examples_io
+
+    batches = [[b"a%d" % i for i in range(1000)], [], [b"b%d" % i for i in range(7)]]
+    records = [r for batch in batches for r in batch]
+    with beam.Pipeline() as p:
+        members = p | beam.Create([examples_io.gzip_records(b) for b in batches], reshuffle=False)
+        _ = examples_io.beam_write_framed(members, str(tmp_path / "split"), label="Write")
+    assert examples_io.gzip_records([]) == b""
+    files = sorted(glob.glob(str(tmp_path / "split" / "data-*.gz")))
+    assert len(files) == 1
+    with open(files[0], "rb") as f:
+        assert f.read().count(b"\x1f\x8b\x08") == 2  # two gzip members in one file
+        f.seek(0)
+        assert list(examples_io.read_tfrecords(f)) == records
+    read_by_tf = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    assert read_by_tf == records
+    with beam.Pipeline() as p:
+        assert_that(p | beam.io.ReadFromTFRecord(files[0]), equal_to(records))

@@ -23,7 +23,7 @@ from typing import Any
 from conveyor import fs
 from conveyor.artifacts import Artifact, Examples, Model, ModelBlessing, ModelEvaluation, Schema
 from conveyor.components import fast_eval
-from conveyor.components.base import ExecutionContext, skip_autograph_for_tf_keras
+from conveyor.components.base import ExecutionContext, skip_autograph_for_libraries
 from conveyor.errors import PipelineDefinitionError
 from conveyor.pipeline.dsl import Component, Input
 
@@ -510,7 +510,7 @@ def run(
         tfma.utils.verify_eval_config(eval_config)
     except (ValueError, RuntimeError) as e:
         raise ctx.error(f"eval_config is not valid for TFMA: {e}") from e
-    skip_autograph_for_tf_keras()
+    skip_autograph_for_libraries()
     # On the DirectRunner the common configurations are computed here on whole
     # batches (the model loaded once), writing TFMA's own files; anything
     # else, and every run on a distributed runner, goes through TFMA's Beam pipeline.

@@ -41,6 +41,8 @@ __all__ = [
     "write_tfrecords_gz",
     "parquet_to_tfrecords",
     "beam_write_batches",
+    "beam_write_framed",
+    "gzip_records",
     "ROWS_PER_GROUP",
 ]
 
@@ -199,11 +201,21 @@ def frame_tfrecords(records: Iterable[bytes]) -> bytes:
     """Records framed as TFRecord, concatenated (what a TFRecord file holds)."""
     import struct
 
-    crc = struct.Struct("<I")
-    parts = []
+    import google_crc32c
+
+    # masked_crc inlined, names bound locally: this loop runs once per record
+    # written (millions), and the calls were a third of its time.
+    crc32c = google_crc32c.value
+    pack_length = struct.Struct("<Q").pack
+    pack_crc = struct.Struct("<I").pack
+    parts: list[bytes] = []
+    extend = parts.extend
     for record in records:
-        length = struct.pack("<Q", len(record))
-        parts += (length, crc.pack(masked_crc(length)), record, crc.pack(masked_crc(record)))
+        length = pack_length(len(record))
+        a = crc32c(length)
+        b = crc32c(record)
+        extend((length, pack_crc((((a >> 15) | (a << 17)) + 0xA282EAD8) & 0xFFFFFFFF),
+                record, pack_crc((((b >> 15) | (b << 17)) + 0xA282EAD8) & 0xFFFFFFFF)))
     return b"".join(parts)
 
 
@@ -257,20 +269,44 @@ def beam_write_batches(pcoll: Any, split_dir: str, schema: Any, fmt: str, *, lab
         return pcoll | f"{label}Parquet" >> beam.io.WriteToParquetBatched(
             prefix, schema, codec="snappy", file_name_suffix=_EXT[PARQUET])
     if fmt == TFRECORDS_GZIP:
-        from apache_beam.coders import BytesCoder
-        from apache_beam.io.filesystem import CompressionTypes
-
-        # One element is the framed records of a whole batch: Beam's text
-        # sink writes the bytes as they are (no newline), gzipped.
-        return (
-            pcoll
-            | f"{label}Frame" >> beam.Map(_framed_examples)
-            | f"{label}TFRecord" >> beam.io.WriteToText(
-                prefix, file_name_suffix=_EXT[TFRECORDS_GZIP], append_trailing_newlines=False,
-                coder=BytesCoder(), compression_type=CompressionTypes.GZIP)
-        )
+        return beam_write_framed(pcoll | f"{label}Frame" >> beam.Map(_framed_examples), split_dir,
+                                 label=f"{label}TFRecord")
     raise ValueError(f"unknown examples file format {fmt!r}; expected {PARQUET!r} or {TFRECORDS_GZIP!r}")
 
 
+def beam_write_framed(pcoll: Any, split_dir: str, *, label: str) -> Any:
+    """Write a PCollection of gzipped framed TFRecords (`gzip_records`, each
+    element a whole batch's records) as the gzipped TFRecord data files of
+    one split, `<split_dir>/data-NNNNN-of-NNNNN.gz`: each bundle writes a
+    file, the concatenation of its elements' gzip members (a multi-member
+    gzip file, which TensorFlow, Beam and `read_tfrecords` read whole).
+
+    One element per batch, not per record: Beam's per-element cost (and
+    WriteToTFRecord's compress call and Python CRC per record) is most of
+    the time of writing a million records one by one. Beam's text sink
+    writes the bytes as they are (no newline, no compression of its own)."""
+    import apache_beam as beam
+    from apache_beam.coders import BytesCoder
+    from apache_beam.io.filesystem import CompressionTypes
+
+    return pcoll | label >> beam.io.WriteToText(
+        fs.join(split_dir, "data"), file_name_suffix=_EXT[TFRECORDS_GZIP], append_trailing_newlines=False,
+        coder=BytesCoder(), compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def gzip_records(records: Iterable[bytes]) -> bytes:
+    """Records framed as TFRecord, as one gzip member; no records, no
+    member (b""): TensorFlow's reader takes an empty member for the end of
+    the file. Level 1: on tf.Example data it compresses 3.5x faster than
+    the default level 6, to files ~25% larger; decompression is as fast."""
+    import zlib
+
+    framed = frame_tfrecords(records)
+    if not framed:
+        return b""
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 16+15: a gzip header and trailer
+    return compressor.compress(framed) + compressor.flush()
+
+
 def _framed_examples(table: Any) -> bytes:
-    return b"".join(frame_tfrecords(encode_examples(b)) for b in table.to_batches() if b.num_rows)
+    return gzip_records(e for b in table.to_batches() if b.num_rows for e in encode_examples(b))

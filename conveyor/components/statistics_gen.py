@@ -196,9 +196,16 @@ def run(
             _ = (
                 batches
                 | f"GenerateStatistics[{split}]" >> tfdv.GenerateStatistics(options)
-                | f"WriteStatistics[{split}]" >> tfdv.WriteStatisticsToBinaryFile(
-                    fs.join(split_uri(out, split), STATS_FILE_NAME)
+                | f"WriteStatistics[{split}]" >> beam.Map(
+                    _write_statistics, fs.join(split_uri(out, split), STATS_FILE_NAME)
                 )
             )
     out.splits = splits
     out.set("span", int(examples.properties.get("span", 0)))
+
+
+def _write_statistics(statistics: Any, path: str) -> None:
+    """The split's one DatasetFeatureStatisticsList as a binary proto file,
+    the bytes tfdv.WriteStatisticsToBinaryFile writes, in one step where
+    Beam's file sink takes four pipeline stages per split."""
+    fs.write_bytes(path, statistics.SerializeToString())

@@ -11,7 +11,7 @@ import dataclasses
 
 from conveyor import fs
 from conveyor.artifacts import Artifact, Examples, Model, ModelRun, Schema, TransformGraph
-from conveyor.components.base import ExecutionContext, load_user_function, skip_autograph_for_tf_keras
+from conveyor.components.base import ExecutionContext, load_user_function, skip_autograph_for_libraries
 from conveyor.errors import PipelineDefinitionError
 from conveyor.pipeline.dsl import Component, Input
 
@@ -162,7 +162,7 @@ def run(
         hyperparameters=dict(params.hyperparameters),
         data_accessor=DataAccessor(file_format),
     )
-    skip_autograph_for_tf_keras()
+    skip_autograph_for_libraries()
     run_fn(fn_args)
 
     if not fs.isfile(fs.join(serving_model_dir, "saved_model.pb")):
