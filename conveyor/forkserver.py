@@ -42,7 +42,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import IO
 
-__all__ = ["ForkServer", "serve", "die_with_parent", "available", "stop_groups", "tail"]
+__all__ = ["ForkServer", "serve", "die_with_parent", "available", "stop_groups", "tail", "write_private"]
 
 
 def available() -> bool:
@@ -82,6 +82,7 @@ def serve(reply_fd: int, modules: Sequence[str],
     buffered = b""
     ended = False
     on_death = die_with_parent()
+    server = os.getpid()
     while not (ended and not children):
         watched = ([] if ended else [0]) + list(children)
         ready, _, _ = select.select(watched, [], [], 0 if pending else None)
@@ -110,13 +111,13 @@ def serve(reply_fd: int, modules: Sequence[str],
                 request = json.loads(line)
                 pid = os.fork()
                 if pid == 0:
-                    _child(request, [reply_fd, *children], on_death, run, exit_process)
+                    _child(request, server, [reply_fd, *children], on_death, run, exit_process)
                 children[os.pidfd_open(pid)] = pid
                 reply.write(json.dumps({"id": request["id"], "pid": pid}) + "\n")
     return 0
 
 
-def _child(request: dict, inherited: list[int], on_death: Callable[[], None] | None,
+def _child(request: dict, server: int, inherited: list[int], on_death: Callable[[], None] | None,
            run: Callable[[str, str | None], int], exit_process: Callable[[int], None]) -> None:
     """In the forked child: a process group of its own (a stopped run kills
     it whole), dead with the server, no handle of the server's; then the
@@ -124,10 +125,9 @@ def _child(request: dict, inherited: list[int], on_death: Callable[[], None] | N
     code = 70
     try:
         os.setsid()
-        parent = os.getppid()
         if on_death is not None:
             on_death()
-            if os.getppid() != parent:  # the server died before the line above
+            if os.getppid() != server:  # the server died before the line above
                 os._exit(code)
         for fd in inherited:
             os.close(fd)
@@ -147,7 +147,6 @@ def _child(request: dict, inherited: list[int], on_death: Callable[[], None] | N
 
 @dataclasses.dataclass
 class _Request:
-    scratch: str
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     pid: int | None = None
     code: int | None = None
@@ -171,10 +170,6 @@ class ForkServer:
         self._stopped = False
         self._scratch = ""
         self._reader: threading.Thread | None = None
-
-    @property
-    def started(self) -> bool:
-        return self._proc is not None
 
     def start(self) -> None:
         with self._lock:
@@ -209,14 +204,12 @@ class ForkServer:
         scratch = tempfile.mkdtemp(prefix="conveyor-node-", dir=self._scratch)
         try:
             request_path, result_path = os.path.join(scratch, "invocation.json"), os.path.join(scratch, "result.json")
-            # The invocation holds the real parameters (secrets too): only we may read it.
-            with open(os.open(request_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as f:
-                f.write(invocation_json)
+            write_private(request_path, invocation_json)
             with self._lock:
                 if self._stopped:
                     raise RuntimeError("the run was stopped")
                 self._next_id += 1
-                request = self._requests[self._next_id] = _Request(scratch)
+                request = self._requests[self._next_id] = _Request()
                 line = json.dumps({"id": self._next_id, "invocation": request_path, "result": result_path})
                 assert self._proc is not None and self._proc.stdin is not None
                 try:
@@ -300,6 +293,13 @@ class ForkServer:
             self._reader.join(timeout=5)
         if self._scratch:
             shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def write_private(path: str, text: str) -> None:
+    """A new local file only this user may read: an invocation holds the
+    real parameters, secrets too."""
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def stop_groups(groups: dict[int, Callable[[], bool]], grace: float = 3.0) -> None:

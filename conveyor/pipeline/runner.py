@@ -745,9 +745,7 @@ def _launch_in_child(invocation: Invocation, launchers: _Launchers, children: _C
     try:
         request = os.path.join(launcher.scratch, "invocation.json")
         answer = os.path.join(launcher.scratch, "result.json")
-        # The invocation holds the real parameters (secrets too): only we may read it.
-        with open(os.open(request, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as f:
-            f.write(invocation.to_json())
+        forkserver.write_private(request, invocation.to_json())
         assert launcher.proc.stdin
         try:
             launcher.proc.stdin.write(json.dumps({"invocation": request, "result": answer}) + "\n")
