@@ -288,11 +288,14 @@ def stage_class_file(component: Component, root: str, hashed: dict[str, str] | N
     source = _class_file(cls)
     if not source or fs.abspath(source) not in {fs.abspath(f) for f in component.code_files()}:
         return source
-    try:
-        if importlib.util.find_spec(cls.__module__) is not None:
-            return source  # imported by name where it runs: code_file is not read
-    except (ImportError, ValueError):
-        return source  # "__main__" and the like: not loaded from code_file either
+    # A script's (`python pipeline.py`) is loaded from code_file too (see
+    # conveyor.launch.SCRIPT_MODULE); another module's by name where it runs.
+    if cls.__module__ != "__main__":
+        try:
+            if importlib.util.find_spec(cls.__module__) is not None:
+                return source  # imported by name where it runs: code_file is not read
+        except (ImportError, ValueError):
+            return source  # no spec to go by: not loaded from code_file either
     return _snapshot_code(component.id, source, root, hashed or {})
 
 
