@@ -140,6 +140,9 @@ class Examples(_SplitsMixin, Artifact):
     Files: `Split-<name>/data-NNNNN-of-NNNNN.<ext>`. The custom property
     `file_format` says which: `parquet` (the default, fastest to decode) or
     `tfrecords_gzip` (gzipped TFRecord of tf.Example, for interoperability).
+    ExampleGen's Parquet has one flat column per feature (a missing value is
+    a null); Transform's has the list columns tf.Transform converts its
+    outputs to (`impl_helper.make_tensor_to_arrow_converter`).
     `span` and `version` are custom properties too (TFX's ExampleGen writes
     them there and its span resolvers read them there), and properties.
     """

@@ -73,11 +73,20 @@ def run_transform(out_dir, params: TransformParams, *, examples: Examples | None
     return {key: artifacts[0] for key, artifacts in outputs.items()}
 
 
-def read_examples(examples: Examples, split: str) -> list[tf.train.Example]:
+def read_examples(examples: Examples, split: str) -> list[dict[str, list]]:
+    """Each row of a split as {feature: its values}, from either file format."""
+    if examples.get("file_format") == "parquet":
+        files = sorted(glob.glob(os.path.join(examples.uri, f"Split-{split}", "data-*.parquet")))
+        assert files, f"no data files in split {split}"
+        return [row for path in files for row in pq.read_table(path).to_pylist()]
     files = sorted(glob.glob(os.path.join(examples.uri, f"Split-{split}", "data-*.gz")))
     assert files, f"no data files in split {split}"
-    records = tf.data.TFRecordDataset(files, compression_type="GZIP")
-    return [tf.train.Example.FromString(r.numpy()) for r in records]
+    rows = []
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+        example = tf.train.Example.FromString(record.numpy())
+        rows.append({name: list(getattr(feature, feature.WhichOneof("kind")).value)
+                     for name, feature in example.features.feature.items()})
+    return rows
 
 
 @pytest.fixture(scope="module")
@@ -133,16 +142,21 @@ def test_transformed_examples_for_every_split(first_run):
     examples, outputs = first_run
     out = outputs["transformed_examples"]
     assert out.splits == ["train", "eval"]
-    assert out.get("file_format") == "tfrecords_gzip"
+    assert out.get("file_format") == "parquet"
     assert out.properties["span"] == examples.properties["span"]
     assert out.properties["version"] == examples.properties["version"]
     rows = json.loads(examples.get("row_counts"))
     for split in ("train", "eval"):
         records = read_examples(out, split)
         assert len(records) == rows[split]
-        assert set(records[0].features.feature) == TRANSFORMED
-        labels = {r.features.feature["tips_xf"].int64_list.value[0] for r in records}
+        assert set(records[0]) == TRANSFORMED
+        labels = {r["tips_xf"][0] for r in records}
         assert labels == {0, 1}
+    # The columns are what tf.Transform's own conversion of its outputs gives.
+    graph = tft.TFTransformOutput(outputs["transform_graph"].uri)
+    path = glob.glob(os.path.join(out.uri, "Split-eval", "*.parquet"))[0]
+    assert pq.read_schema(path).remove_metadata() == transform._output_arrow_schema(
+        graph.transformed_metadata.schema)
 
 
 def test_analyzer_cache_is_written_and_reused(first_run, tmp_path):
@@ -177,13 +191,16 @@ def test_custom_config_and_splits_config(tmp_path):
         " else inputs['fare']\n"
         "    return {'fare_scaled': tft.scale_by_min_max(tf.squeeze(fare, 1)) * custom_config['factor']}\n"
     )
+    # tf.Example output, as TFX writes it.
     params = TransformParams(module_file=str(module), custom_config={"factor": 10.0},
-                             splits_config=SplitsConfig(analyze=["train"], transform=["eval"]))
+                             splits_config=SplitsConfig(analyze=["train"], transform=["eval"]),
+                             output_file_format="tfrecords_gzip")
     outputs = run_transform(str(tmp_path / "out"), params)
     out = outputs["transformed_examples"]
     assert out.splits == ["eval"]
+    assert out.get("file_format") == "tfrecords_gzip"
     assert not os.path.exists(os.path.join(out.uri, "Split-train"))
-    values = [r.features.feature["fare_scaled"].float_list.value[0] for r in read_examples(out, "eval")]
+    values = [r["fare_scaled"][0] for r in read_examples(out, "eval")]
     assert max(values) > 1.0 and min(values) >= 0.0  # scaled to [0, 10] over train
 
 
@@ -224,6 +241,8 @@ def test_component_needs_exactly_one_code_source():
         Transform(examples=examples, schema=schema)
     with pytest.raises(PipelineDefinitionError, match="got both"):
         Transform(examples=examples, schema=schema, module_file=TAXI_MODULE, preprocessing_fn="a.b.c")
+    with pytest.raises(PipelineDefinitionError, match=r"output_file_format 'parquett'.*'parquet'"):
+        Transform(examples=examples, schema=schema, module_file=TAXI_MODULE, output_file_format="parquett")
     component = Transform(examples=examples, schema=schema, module_file=TAXI_MODULE)
     assert component.code_files() == [TAXI_MODULE]
     assert set(component.outputs) == {"transform_graph", "transformed_examples", "updated_analyzer_cache"}
@@ -255,7 +274,7 @@ def test_reads_tfrecord_examples(tmp_path):
                   TransformParams(module_file=str(module)),
                   ExecutionContext("transform", tmp_dir=str(tmp_path / "tmp")))
     rows = read_examples(outputs["transformed_examples"][0], "train")
-    values = [r.features.feature["fare_again"].float_list.value[0] for r in rows]
+    values = [r["fare_again"][0] for r in rows]
     assert len(rows) == len(read_examples(examples, "train"))
     assert min(values) == 0.0 and max(values) == 1.0  # scaled over the train split itself
 
@@ -323,6 +342,16 @@ def test_beam_signatures_are_memoized_and_unchanged():
         ["element", "state"], [inspect.signature(fn.process).parameters["state"].default])
     with beam.Pipeline() as p:
         assert_that(p | beam.Create([1, 2]) | beam.Map(lambda x, k=10: x * k), equal_to([10, 20]))
+    # dill's trace switch still switches; only setting the level it has is skipped.
+    import logging
+
+    import dill
+
+    assert hasattr(dill._dill._trace, "dill_original")
+    dill._dill._trace(True)
+    assert logging.getLogger("dill").level == logging.INFO
+    dill._dill._trace(False)
+    assert logging.getLogger("dill").level == logging.WARN
 
 
 def test_written_examples_are_gzip_members_every_reader_reads(tmp_path):

@@ -68,7 +68,10 @@ class ExecutionContext:
         import apache_beam as beam
         from apache_beam.options.pipeline_options import PipelineOptions
 
+        from conveyor.components import arrow_coders
+
         memoize_beam_signatures()
+        arrow_coders.register()
         # Workers of a multi-process or remote runner import our DoFns from the
         # installed package; they must not depend on the parent's memory.
         return beam.Pipeline(options=PipelineOptions(list(self.beam_pipeline_args)))
@@ -464,12 +467,39 @@ _BEAM_LOCK = threading.Lock()
 
 def memoize_beam_signatures() -> None:
     """Make Beam compute a function's signature once per process (see
-    _memoize_beam_signatures); ExecutionContext.beam_pipeline() calls it."""
+    _memoize_beam_signatures) and pickle without resetting every logger's
+    cache each time (_skip_unchanged_dill_trace); ExecutionContext.beam_pipeline()
+    calls it."""
     global _BEAM_SIGNATURES_MEMOIZED
     with _BEAM_LOCK:
         if not _BEAM_SIGNATURES_MEMOIZED:
             _memoize_beam_signatures()
+            _skip_unchanged_dill_trace()
             _BEAM_SIGNATURES_MEMOIZED = True
+
+
+def _skip_unchanged_dill_trace() -> None:
+    """Beam's pickler turns dill's trace off after every pickle and
+    unpickle (thousands per Transform run) by setting dill's logger level,
+    and Python's `Logger.setLevel` clears the cache of every logger in the
+    process (hundreds, once TensorFlow is imported): ~0.6 s per Transform
+    run. Setting a level the logger already has changes nothing, so that
+    call is skipped; a level that differs is set as before."""
+    import logging
+
+    import dill
+    from apache_beam.internal import dill_pickler  # noqa: F401 - makes `dill.dill` (its alias of dill._dill)
+
+    module = dill._dill  # `dill.dill`, on which Beam's pickler calls `_trace`
+    logger = logging.getLogger("dill")
+    original = module._trace
+
+    def _trace(boolean: bool) -> None:
+        if logger.level != (logging.INFO if boolean else logging.WARN):
+            original(boolean)
+
+    _trace.dill_original = original  # type: ignore[attr-defined]  # for tests
+    module._trace = _trace
 
 
 def _memoize_beam_signatures() -> None:

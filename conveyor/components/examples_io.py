@@ -28,6 +28,8 @@ from conveyor.artifacts import Examples, split_uri
 __all__ = [
     "PARQUET",
     "TFRECORDS_GZIP",
+    "FILE_FORMATS",
+    "check_output_format",
     "file_format",
     "file_pattern",
     "split_files",
@@ -48,7 +50,18 @@ __all__ = [
 
 PARQUET = "parquet"
 TFRECORDS_GZIP = "tfrecords_gzip"
+FILE_FORMATS = (PARQUET, TFRECORDS_GZIP)
 _EXT = {PARQUET: ".parquet", TFRECORDS_GZIP: ".gz"}
+
+
+def check_output_format(where: str, value: str) -> None:
+    """A component's `output_file_format` parameter, checked at definition."""
+    from conveyor.errors import PipelineDefinitionError, closest
+
+    if value not in FILE_FORMATS:
+        raise PipelineDefinitionError(
+            f"{where}: output_file_format {value!r} is not one of {list(FILE_FORMATS)}.{closest(value, FILE_FORMATS)}"
+        )
 
 
 def file_format(examples: Examples) -> str:
@@ -95,14 +108,17 @@ def beam_read_batches(pipeline: Any, examples: Examples, split: str, *, lists: b
                       label: str = "") -> Any:
     """A PCollection of Arrow record batches of one split."""
     import apache_beam as beam
+    import pyarrow as pa
 
     label = label or f"Read[{split}]"
     fmt = file_format(examples)
     if fmt == PARQUET:
-        batches = pipeline | label >> beam.io.ReadFromParquetBatched(file_pattern(examples, split))
-        batches = batches | f"{label}ToBatches" >> beam.FlatMap(_table_batches)
+        # Typed, so that Beam uses the Arrow coders (arrow_coders), not pickle.
+        batches = pipeline | label >> beam.io.ReadFromParquetBatched(
+            file_pattern(examples, split)).with_output_types(pa.Table)
+        batches = batches | f"{label}ToBatches" >> beam.FlatMap(_table_batches).with_output_types(pa.RecordBatch)
         if lists:
-            batches = batches | f"{label}AsLists" >> beam.Map(as_list_batch)
+            batches = batches | f"{label}AsLists" >> beam.Map(as_list_batch).with_output_types(pa.RecordBatch)
         return batches
     if fmt == TFRECORDS_GZIP:
         from tfx_bsl.public import tfxio

@@ -156,6 +156,7 @@ def run(
     ctx: ExecutionContext,
 ) -> None:
     import apache_beam as beam
+    import pyarrow as pa
     import tensorflow_data_validation as tfdv
 
     from conveyor import schema as schema_lib
@@ -191,7 +192,7 @@ def run(
         for split in splits:
             batches = examples_io.beam_read_batches(p, examples, split, label=f"Read[{split}]")
             if fmt == examples_io.PARQUET:
-                batches = batches | f"ToLists[{split}]" >> beam.Map(as_stats_batch)
+                batches = batches | f"ToLists[{split}]" >> beam.Map(as_stats_batch).with_output_types(pa.RecordBatch)
             fs.makedirs(split_uri(out, split))
             _ = (
                 batches

@@ -20,6 +20,7 @@ from typing import Any
 
 from conveyor import fs
 from conveyor.artifacts import Artifact, Examples, Schema, TransformCache, TransformGraph, split_uri
+from conveyor.components import examples_io
 from conveyor.components.base import ExecutionContext, load_user_function
 from conveyor.errors import PipelineDefinitionError
 from conveyor.pipeline.dsl import Component, Input
@@ -46,6 +47,10 @@ class TransformParams:
     # Passed to preprocessing_fn when it takes a `custom_config` argument.
     custom_config: dict = dataclasses.field(default_factory=dict)
     force_tf_compat_v1: bool = False
+    # How transformed_examples are written: "parquet" (list columns, as
+    # tf.Transform converts its outputs; the Trainer's data_accessor reads
+    # them), or "tfrecords_gzip" (gzipped tf.Example, as TFX writes them).
+    output_file_format: str = "parquet"
 
 
 class Transform(Component):
@@ -80,6 +85,7 @@ class Transform(Component):
                 f"{self._where()} splits_config.analyze is empty; name the splits to analyze, "
                 f"e.g. SplitsConfig(analyze=['train'])."
             )
+        examples_io.check_output_format(self._where(), p.output_file_format)
 
 
 # -- executor ----------------------------------------------------------------
@@ -93,7 +99,6 @@ def run(
 ) -> None:
     from tfx_bsl.public import tfxio
 
-    from conveyor.components import examples_io
 
     examples: Examples = inputs["examples"][0]  # type: ignore[assignment]
     # tf.Transform writes its graph, cache and temp files through tf.io.gfile.
@@ -141,7 +146,7 @@ def run(
     for prop in ("span", "version"):
         if prop in examples.properties:
             examples_out.set(prop, examples.properties[prop])
-    examples_out.custom_properties["file_format"] = examples_io.TFRECORDS_GZIP
+    examples_out.custom_properties["file_format"] = params.output_file_format
 
 
 def _run_pipeline(examples: Examples, schema: Any, cache_in: Artifact | None,
@@ -149,11 +154,11 @@ def _run_pipeline(examples: Examples, schema: Any, cache_in: Artifact | None,
                   preprocessing_fn: Any, arrow_schema: Any, adapter_config: Any, tmp_dir: str,
                   analyze_splits: list[str], transform_splits: list[str]) -> None:
     import apache_beam as beam
+    import pyarrow as pa
     import tensorflow_transform.beam as tft_beam
     from tensorflow_transform.beam import analyzer_cache
     from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 
-    from conveyor.components import examples_io
 
     graph_out = outputs["transform_graph"][0]
     examples_out = outputs["transformed_examples"][0]
@@ -174,7 +179,8 @@ def _run_pipeline(examples: Examples, schema: Any, cache_in: Artifact | None,
             def read(split: str, use: str) -> Any:
                 return (
                     examples_io.beam_read_batches(p, examples, split, lists=True, label=f"Read{use}[{split}]")
-                    | f"Conform{use}[{split}]" >> beam.Map(conform_batch, arrow_schema)
+                    | f"Conform{use}[{split}]" >> beam.Map(conform_batch, arrow_schema).with_output_types(
+                        pa.RecordBatch)
                 )
 
             # A split both analyzed and transformed is read twice (what
@@ -207,11 +213,20 @@ def _run_pipeline(examples: Examples, schema: Any, cache_in: Artifact | None,
                     (raw_transform[split], adapter_config),
                     transform_fn,
                 ) | f"Transform[{split}]" >> tft_beam.TransformDataset(output_record_batches=True)
+                out_dir = split_uri(examples_out, split)
+                fs.makedirs(out_dir)
+                if params.output_file_format == examples_io.PARQUET:
+                    # The columns tf.Transform converts its outputs to, known
+                    # before analysis (the schema's tensor representations).
+                    out_schema = _output_arrow_schema(metadata.dataset_metadata.schema)
+                    tables = transformed | f"ToTables[{split}]" >> beam.FlatMap(
+                        _as_table, out_schema).with_output_types(pa.Table)
+                    examples_io.beam_write_batches(tables, out_dir, out_schema, examples_io.PARQUET,
+                                                   label=f"Write[{split}]")
+                    continue
                 schema_side = beam.pvalue.AsSingleton(
                     metadata.deferred_metadata | f"Schema[{split}]" >> beam.Map(_schema_of)
                 )
-                out_dir = split_uri(examples_out, split)
-                fs.makedirs(out_dir)
                 _ = examples_io.beam_write_framed(
                     transformed | f"Encode[{split}]" >> beam.Map(_encode_batch, schema_side),
                     out_dir, label=f"Write[{split}]",
@@ -240,7 +255,6 @@ def _read_schema(artifact: Artifact, ctx: ExecutionContext) -> Any:
 
 def _check_columns(examples: Examples, splits: list[str], schema: Any, ctx: ExecutionContext) -> None:
     """Schema features missing from Parquet data fail deep inside TF; say so here."""
-    from conveyor.components import examples_io
 
     if examples_io.file_format(examples) != examples_io.PARQUET:
         return
@@ -401,7 +415,6 @@ def _tagged(entry: bytes, path: str) -> tuple[str, bytes]:
 
 
 def _write_cache_file(path: str, entries: Any) -> None:
-    from conveyor.components import examples_io
 
     examples_io.write_tfrecords_gz(f"{path}-00000-of-00001.gz", (e for e in entries if e is not None))
 
@@ -419,11 +432,26 @@ def _read_cache_source(pattern: str) -> Any:
 
 
 def _read_cache_files(pattern: str) -> Iterator[bytes]:
-    from conveyor.components import examples_io
 
     for path in sorted(fs.glob(pattern)):
         with fs.open(path, "rb") as f:
             yield from examples_io.read_tfrecords(f)
+
+
+def _output_arrow_schema(schema: Any) -> Any:
+    from tensorflow_transform import impl_helper
+
+    return impl_helper.make_tensor_to_arrow_converter(schema).arrow_schema()
+
+
+def _as_table(element: Any, schema: Any) -> Iterator[Any]:
+    """A transformed (record batch, passthrough) pair -> its rows as a table
+    in `schema` (one Parquet row group); nothing for an empty batch."""
+    import pyarrow as pa
+
+    batch = element[0]
+    if batch.num_rows:
+        yield pa.Table.from_batches([conform_batch(batch, schema)])
 
 
 def _schema_of(metadata: Any) -> Any:
@@ -436,6 +464,5 @@ def _encode_batch(element: Any, schema: Any) -> bytes:
     per batch; see examples_io.beam_write_framed)."""
     from tfx_bsl.public import tfxio
 
-    from conveyor.components import examples_io
 
     return examples_io.gzip_records(tfxio.RecordBatchToExamplesEncoder(schema).encode(element[0]))

@@ -30,7 +30,7 @@ from conveyor.components.example_gen.inputs import (
     stat_digest,
     tfx_fingerprint,
 )
-from conveyor.errors import PipelineDefinitionError, closest
+from conveyor.errors import PipelineDefinitionError
 from conveyor.pipeline.dsl import Component
 
 __all__ = [
@@ -76,12 +76,7 @@ class _ExampleGen(Component):
         check_configs(self._where(), self.params.input_config, self.params.output_config)
         if not self.params.input_base:
             raise PipelineDefinitionError(f"{self._where()}: input_base must be a directory path.")
-        formats = (examples_io.PARQUET, examples_io.TFRECORDS_GZIP)
-        if self.params.output_file_format not in formats:
-            raise PipelineDefinitionError(
-                f"{self._where()}: output_file_format {self.params.output_file_format!r} is not one of "
-                f"{list(formats)}.{closest(self.params.output_file_format, formats)}"
-            )
+        examples_io.check_output_format(self._where(), self.params.output_file_format)
 
     def external_fingerprints(self) -> dict[str, str]:
         """Per input split, a sha256 over what the filesystem reports of the

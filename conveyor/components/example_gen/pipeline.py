@@ -31,7 +31,7 @@ from conveyor.components.base import ExecutionContext
 from conveyor.components.example_gen.hashing import SplitPlan
 from conveyor.components.example_gen.inputs import InputProblem, RetryNeeded
 
-__all__ = ["Problem", "WorkerProblems", "write_examples", "analyze", "arrow_table_coder"]
+__all__ = ["Problem", "WorkerProblems", "write_examples", "analyze"]
 
 _PROBLEMS = "problems"
 _RESULTS = "results"
@@ -58,52 +58,6 @@ class WorkerProblems(Exception):
 
     def of_kind(self, kind: str) -> list[Problem]:
         return [p for p in self.problems if p.kind == kind]
-
-
-def arrow_table_coder() -> type:
-    """The Beam coder of the Arrow tables ExampleGen's pipelines move: Arrow's
-    IPC stream format, and a size estimate (Beam samples the size of the
-    elements of every PCollection) from the table's buffers instead of
-    encoding it. Made on first use, so importing this module stays free of
-    Beam; reachable as `pipeline.ArrowTableCoder` (how workers unpickle it)."""
-    made = globals().get("ArrowTableCoder")
-    if made is None:
-        from apache_beam import coders
-
-        class ArrowTableCoder(coders.Coder):  # type: ignore[misc]
-            def encode(self, value: Any) -> bytes:
-                import pyarrow as pa
-
-                sink = pa.BufferOutputStream()
-                with pa.ipc.new_stream(sink, value.schema) as writer:
-                    writer.write_table(value)
-                return sink.getvalue().to_pybytes()
-
-            def decode(self, encoded: bytes) -> Any:
-                import pyarrow as pa
-
-                return pa.ipc.open_stream(encoded).read_all()
-
-            def estimate_size(self, value: Any) -> int:
-                return int(value.nbytes)
-
-            def is_deterministic(self) -> bool:
-                return False
-
-            def to_type_hint(self) -> Any:
-                return Any
-
-        ArrowTableCoder.__qualname__ = "ArrowTableCoder"
-        # A module attribute of its own name: picklers find it there, and in
-        # a worker process that has not made it yet, __getattr__ makes it.
-        globals()["ArrowTableCoder"] = made = ArrowTableCoder
-    return made
-
-
-def __getattr__(name: str) -> Any:
-    if name == "ArrowTableCoder":
-        return arrow_table_coder()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _record_problem(work_dir: str, item: Any, error: Exception) -> None:
@@ -271,9 +225,6 @@ def write_examples(
         import apache_beam as beam
         import pyarrow as pa
 
-        # Arrow tables get the Arrow coder in any pipeline of this process
-        # (it encodes them faithfully; others leave them to pickle).
-        beam.coders.registry.register_coder(pa.Table, arrow_table_coder())
         parts = (
             p
             | "Plan" >> beam.Create(items)

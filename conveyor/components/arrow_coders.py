@@ -1,0 +1,84 @@
+"""Beam coders for the Arrow tables and record batches our pipelines move.
+
+Without them Beam pickles an Arrow element twice over: when it crosses a
+fusion break, and when it samples element sizes (every PCollection's first
+ten elements, then fewer), which it does by encoding the element. On the
+1.5M-row taxi data that pickling was about a tenth of Transform's time and
+of StatisticsGen's. These encode with Arrow's IPC stream format (one copy
+of the buffers) and estimate a size from the buffers without encoding.
+
+A coder applies to a PCollection whose element type is `pa.Table` or
+`pa.RecordBatch`: our own steps declare it (`with_output_types`), and
+`register()` (called by ExecutionContext.beam_pipeline) puts the coders in
+Beam's registry. Import this module only where Beam is wanted: it imports
+Beam and pyarrow.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pyarrow as pa
+from apache_beam import coders
+
+__all__ = ["ArrowTableCoder", "ArrowRecordBatchCoder", "register"]
+
+
+def _ipc_bytes(schema: Any, write: Any) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, schema) as writer:
+        write(writer)
+    return sink.getvalue().to_pybytes()
+
+
+class ArrowTableCoder(coders.Coder):
+    """A pyarrow Table as an Arrow IPC stream."""
+
+    def encode(self, value: Any) -> bytes:
+        return _ipc_bytes(value.schema, lambda w: w.write_table(value))
+
+    def decode(self, encoded: bytes) -> Any:
+        return pa.ipc.open_stream(encoded).read_all()
+
+    def estimate_size(self, value: Any) -> int:
+        return int(value.nbytes)
+
+    def is_deterministic(self) -> bool:
+        return False
+
+    def to_type_hint(self) -> Any:
+        return pa.Table
+
+
+class ArrowRecordBatchCoder(coders.Coder):
+    """A pyarrow RecordBatch as an Arrow IPC stream of that one batch."""
+
+    def encode(self, value: Any) -> bytes:
+        return _ipc_bytes(value.schema, lambda w: w.write_batch(value))
+
+    def decode(self, encoded: bytes) -> Any:
+        return pa.ipc.open_stream(encoded).read_next_batch()
+
+    def estimate_size(self, value: Any) -> int:
+        return int(value.nbytes)
+
+    def is_deterministic(self) -> bool:
+        return False
+
+    def to_type_hint(self) -> Any:
+        return pa.RecordBatch
+
+
+_LOCK = threading.Lock()
+_REGISTERED = False
+
+
+def register() -> None:
+    """Put both coders in Beam's coder registry (once per process)."""
+    global _REGISTERED
+    with _LOCK:
+        if not _REGISTERED:
+            coders.registry.register_coder(pa.Table, ArrowTableCoder)
+            coders.registry.register_coder(pa.RecordBatch, ArrowRecordBatchCoder)
+            _REGISTERED = True
