@@ -70,6 +70,17 @@ def small_ranges(monkeypatch):
     return set_size
 
 
+def test_a_buffer_is_cut_at_newlines_into_whole_lines():
+    data = pa.py_buffer(b"".join(b"row%d,x\n" % i for i in range(10_000)))
+    for n in (1, 2, 3, 7):
+        pieces = csv_input._cut_at_newlines(data, n)
+        assert len(pieces) == n
+        assert b"".join(p.to_pybytes() for p in pieces) == data.to_pybytes()
+        assert all(p.to_pybytes().endswith(b"\n") for p in pieces)
+    one_line = pa.py_buffer(b"a,b\n" + b"x" * 300_000 + b"\n")  # no newline after the middle but the last
+    assert [p.size for p in csv_input._cut_at_newlines(one_line, 2)] == [one_line.size]
+
+
 def _committed(name: str) -> tuple[Examples, dict]:
     with open(os.path.join(TESTDATA, name, "example_gen", "examples.json")) as f:
         record = json.load(f)
@@ -84,13 +95,17 @@ def _committed(name: str) -> tuple[Examples, dict]:
 
 
 @pytest.mark.parametrize("name", ["taxi", "penguin"])
-@pytest.mark.parametrize("range_bytes", [None, 40_000])
-def test_same_splits_as_the_pre_beam_executor(name, range_bytes, small_ranges, tmp_path):
+@pytest.mark.parametrize("range_bytes, parse_block", [(None, None), (40_000, None), (None, 4096)])
+def test_same_splits_as_the_pre_beam_executor(name, range_bytes, parse_block, small_ranges, monkeypatch,
+                                              tmp_path):
     """tests/testdata/<name>/example_gen was written by the executor before it
     ran on Beam: every split holds the same rows, also when each file is
-    read in many byte ranges."""
+    read in many byte ranges, and when a range is cut at newlines into
+    pieces parsed side by side (a range over twice the parse block)."""
     if range_bytes:
         small_ranges(range_bytes)
+    if parse_block:
+        monkeypatch.setattr(csv_input, "_PARSE_BLOCK", parse_block)
     examples = _run(CsvExampleGen(input_base=DATA[name]), str(tmp_path / "out"))
     committed, counts = _committed(name)
     assert examples.splits == committed.splits

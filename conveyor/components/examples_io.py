@@ -105,8 +105,9 @@ def as_list_batch(batch: Any) -> Any:
 
 
 def beam_read_batches(pipeline: Any, examples: Examples, split: str, *, lists: bool = False,
-                      label: str = "") -> Any:
-    """A PCollection of Arrow record batches of one split."""
+                      label: str = "", max_rows: int | None = None) -> Any:
+    """A PCollection of Arrow record batches of one split (of at most
+    `max_rows` rows each, when given: a Parquet row group is split)."""
     import apache_beam as beam
     import pyarrow as pa
 
@@ -116,7 +117,8 @@ def beam_read_batches(pipeline: Any, examples: Examples, split: str, *, lists: b
         # Typed, so that Beam uses the Arrow coders (arrow_coders), not pickle.
         batches = pipeline | label >> beam.io.ReadFromParquetBatched(
             file_pattern(examples, split)).with_output_types(pa.Table)
-        batches = batches | f"{label}ToBatches" >> beam.FlatMap(_table_batches).with_output_types(pa.RecordBatch)
+        batches = batches | f"{label}ToBatches" >> beam.FlatMap(_table_batches, max_rows).with_output_types(
+            pa.RecordBatch)
         if lists:
             batches = batches | f"{label}AsLists" >> beam.Map(as_list_batch).with_output_types(pa.RecordBatch)
         return batches
@@ -128,10 +130,12 @@ def beam_read_batches(pipeline: Any, examples: Examples, split: str, *, lists: b
     raise ValueError(f"Examples {examples.uri} has unknown file_format {fmt!r}")
 
 
-def _table_batches(table: Any) -> list[Any]:
+def _table_batches(table: Any, max_rows: int | None = None) -> list[Any]:
     # ReadFromParquetBatched yields pyarrow Tables; TFDV and TFT want RecordBatches.
     if hasattr(table, "to_batches"):
-        return [b for b in table.to_batches() if b.num_rows]
+        return [b for b in table.to_batches(max_chunksize=max_rows) if b.num_rows]
+    if max_rows and table.num_rows > max_rows:
+        return [table.slice(i, max_rows) for i in range(0, table.num_rows, max_rows)]
     return [table]
 
 

@@ -25,7 +25,13 @@ from conveyor.components.base import ExecutionContext, load_user_function
 from conveyor.errors import PipelineDefinitionError
 from conveyor.pipeline.dsl import Component, Input
 
-__all__ = ["Transform", "TransformParams", "SplitsConfig", "run", "conform_batch"]
+__all__ = ["Transform", "TransformParams", "SplitsConfig", "run", "conform_batch", "BATCH_ROWS"]
+
+# Rows per batch tf.Transform runs its graph on (a Parquet row group is cut
+# to this). Smaller batches hold less in the graph's intermediate tensors,
+# and Beam, which samples element sizes by encoding a share of the elements
+# that shrinks as their number grows, encodes less of the data.
+BATCH_ROWS = 16384
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +184,8 @@ def _run_pipeline(examples: Examples, schema: Any, cache_in: Artifact | None,
         with ctx.beam_pipeline() as p:
             def read(split: str, use: str) -> Any:
                 return (
-                    examples_io.beam_read_batches(p, examples, split, lists=True, label=f"Read{use}[{split}]")
+                    examples_io.beam_read_batches(p, examples, split, lists=True, label=f"Read{use}[{split}]",
+                                                  max_rows=BATCH_ROWS)
                     | f"Conform{use}[{split}]" >> beam.Map(conform_batch, arrow_schema).with_output_types(
                         pa.RecordBatch)
                 )

@@ -496,6 +496,52 @@ def _inside_quotes(f: Any, item: CsvRange, position: int) -> bool:
     return quotes % 2 == 1
 
 
+def _parse_parallel(data: Any, options: dict[str, Any], cuttable: bool) -> Iterator[Any]:
+    """The batches of a buffer of whole CSV lines, in order. pyarrow's
+    streaming reader parses on one thread (its threaded read_csv can hang
+    or abort the process after a parse error: apache/arrow#43741, #34314),
+    so a buffer without quote characters (where every newline ends a row)
+    is cut at newlines into one piece per CPU, parsed side by side (parsing
+    releases the GIL)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    def parse(piece: Any) -> list[Any]:
+        return list(pcsv.open_csv(pa.BufferReader(piece), **options))
+
+    pieces = _cut_at_newlines(data, os.cpu_count() or 1) if cuttable and data.size > 2 * _PARSE_BLOCK else [data]
+    if len(pieces) == 1:
+        yield from pcsv.open_csv(pa.BufferReader(data), **options)
+        return
+    with ThreadPoolExecutor(len(pieces), thread_name_prefix="csv-parse") as pool:
+        for batches in pool.map(parse, pieces):
+            yield from batches
+
+
+def _cut_at_newlines(data: Any, n: int) -> list[Any]:
+    """`data` (a pyarrow Buffer of whole lines) cut into at most `n` slices
+    of whole lines, of about equal size."""
+    view = memoryview(data)
+    size, pieces, start = len(view), [], 0
+    for i in range(1, n):
+        at = max(start, size * i // n)
+        while at < size:  # the first newline at or after `at`, read 64 kB at a time
+            found = bytes(view[at:at + (64 << 10)]).find(b"\n")
+            if found >= 0:
+                at += found + 1
+                break
+            at += 64 << 10
+        if at >= size:
+            break
+        pieces.append(data.slice(start, at - start))
+        start = at
+    pieces.append(data.slice(start))
+    return pieces
+
+
 @dataclasses.dataclass(frozen=True)
 class CsvReader:
     """Reads a CsvRange on a worker: into batches of the columns `names` in
@@ -544,13 +590,9 @@ class CsvReader:
                 return
             if quotes % 2:
                 raise RetryNeeded("resplit", item.path)
-            # The streaming reader (pyarrow 10's threaded read_csv can abort the
-            # process at exit after parse errors).
-            yield from pcsv.open_csv(
-                pa.BufferReader(data),
-                **_csv_options(types, column_names=list(item.file.columns), block_size=_PARSE_BLOCK,
-                               newlines_in_values=quotes > 0, delimiter=self.delimiter),
-            )
+            options = _csv_options(types, column_names=list(item.file.columns), block_size=_PARSE_BLOCK,
+                                   newlines_in_values=quotes > 0, delimiter=self.delimiter)
+            yield from _parse_parallel(data, options, quotes == 0)
         except pa.ArrowInvalid as e:
             if not item.whole and item.index > 0:
                 # A range that began inside a quoted field (one holding a
