@@ -72,6 +72,7 @@ class ExecutionContext:
 
         memoize_beam_signatures()
         arrow_coders.register()
+        fs.share_beam_s3_clients()
         # Workers of a multi-process or remote runner import our DoFns from the
         # installed package; they must not depend on the parent's memory.
         return beam.Pipeline(options=PipelineOptions(list(self.beam_pipeline_args)))
