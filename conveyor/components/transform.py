@@ -105,7 +105,6 @@ def run(
 ) -> None:
     from tfx_bsl.public import tfxio
 
-
     examples: Examples = inputs["examples"][0]  # type: ignore[assignment]
     # tf.Transform writes its graph, cache and temp files through tf.io.gfile.
     fs.enable_tensorflow([examples.uri, outputs["transform_graph"][0].uri, ctx.tmp_dir])
@@ -164,7 +163,6 @@ def _run_pipeline(examples: Examples, schema: Any, cache_in: Artifact | None,
     import tensorflow_transform.beam as tft_beam
     from tensorflow_transform.beam import analyzer_cache
     from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
-
 
     graph_out = outputs["transform_graph"][0]
     examples_out = outputs["transformed_examples"][0]
@@ -262,7 +260,6 @@ def _read_schema(artifact: Artifact, ctx: ExecutionContext) -> Any:
 
 def _check_columns(examples: Examples, splits: list[str], schema: Any, ctx: ExecutionContext) -> None:
     """Schema features missing from Parquet data fail deep inside TF; say so here."""
-
     if examples_io.file_format(examples) != examples_io.PARQUET:
         return
     import pyarrow.parquet as pq
@@ -422,7 +419,6 @@ def _tagged(entry: bytes, path: str) -> tuple[str, bytes]:
 
 
 def _write_cache_file(path: str, entries: Any) -> None:
-
     examples_io.write_tfrecords_gz(f"{path}-00000-of-00001.gz", (e for e in entries if e is not None))
 
 
@@ -439,7 +435,6 @@ def _read_cache_source(pattern: str) -> Any:
 
 
 def _read_cache_files(pattern: str) -> Iterator[bytes]:
-
     for path in sorted(fs.glob(pattern)):
         with fs.open(path, "rb") as f:
             yield from examples_io.read_tfrecords(f)
@@ -470,6 +465,5 @@ def _encode_batch(element: Any, schema: Any) -> bytes:
     serialized tf.Examples, framed as TFRecords and gzipped (one element
     per batch; see examples_io.beam_write_framed)."""
     from tfx_bsl.public import tfxio
-
 
     return examples_io.gzip_records(tfxio.RecordBatchToExamplesEncoder(schema).encode(element[0]))
