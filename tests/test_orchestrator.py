@@ -174,3 +174,22 @@ def test_interrupted_run_stops_its_running_node_and_leaves_no_execution_running(
     [e] = md.store.get_executions()
     assert e.last_known_state == pb.Execution.CANCELED
     assert "KeyboardInterrupt" in e.custom_properties[ERROR].string_value
+
+
+def test_a_swallowed_ctrl_c_still_stops_the_run():
+    # A KeyboardInterrupt raised inside a finalizer is printed and dropped by
+    # Python; the run's loop must still see that Ctrl-C was pressed.
+    from conveyor.pipeline.runner import _CtrlC
+
+    ctrl_c = _CtrlC()
+    try:
+        ctrl_c.check()  # nothing pressed yet
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # swallowed, as a finalizer would
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c.check()
+    finally:
+        ctrl_c.restore()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

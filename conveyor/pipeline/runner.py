@@ -257,8 +257,10 @@ class LocalRunner:
                 launchers.remaining = 0 if failed else sum(c.KIND != "resolver" for c in pending)
 
         heartbeat = self._heartbeat = driver.Heartbeat(md).start()
+        ctrl_c = _CtrlC()
         try:
             while True:
+                ctrl_c.check()
                 expect()
                 # Start every node whose upstream is done, unless something failed.
                 # Cached and resolver nodes finish at once, which may ready more.
@@ -286,7 +288,7 @@ class LocalRunner:
                     time.sleep(_WAIT_POLL_SECONDS)
                     continue
                 done, _ = futures.wait(list(running), return_when=futures.FIRST_COMPLETED,
-                                       timeout=_WAIT_POLL_SECONDS if waiting else None)
+                                       timeout=_WAIT_POLL_SECONDS)
                 for fut in done:
                     component, execution_id, io, contexts, t0 = running.pop(fut)
                     result = self._finish(md, component, execution_id, io, contexts, t0, fut)
@@ -319,6 +321,7 @@ class LocalRunner:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         finally:
+            ctrl_c.restore()
             heartbeat.stop()
         if launchers is not None:
             launchers.close()
@@ -723,6 +726,35 @@ class _Launchers:
             spares, self._ready = self._ready, []
         for launcher in spares:
             _discard(launcher, self._children)
+
+
+class _CtrlC:
+    """Remembers a Ctrl-C (SIGINT) during a run, so that the run stops even
+    when the KeyboardInterrupt it raised was swallowed: raised while the main
+    thread ran a finalizer (`__del__`, a weakref callback), Python prints it
+    as "Exception ignored" and carries on. The run's loop calls `check`
+    every half second at most. Only where Python's own handler is installed
+    (the main thread, no handler of the caller's)."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._installed = (threading.current_thread() is threading.main_thread()
+                           and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        if self._installed:
+            signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.seen = True
+        signal.default_int_handler(signum, frame)
+
+    def check(self) -> None:
+        if self.seen:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self._installed = False
 
 
 def _discard(launcher: _Launcher, children: _Children) -> None:
