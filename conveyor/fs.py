@@ -35,6 +35,7 @@ import re
 import shutil
 import sys
 import threading
+import types
 from collections.abc import Iterable, Iterator
 from typing import IO, Any, NoReturn
 from urllib.parse import urlparse
@@ -574,12 +575,8 @@ def share_beam_s3_clients() -> None:
                         client = clients[key] = boto3.session.Session().client(**kwargs)
                 return client
 
-        class _Boto3:
-            """What Beam's S3 client module uses of `boto3`."""
-
-            session = type("session", (), {"Session": _Session})
-
-        boto3_client.boto3 = _Boto3
+        # What Beam's S3 client module uses of `boto3`: `boto3.session.Session()`.
+        boto3_client.boto3 = types.SimpleNamespace(session=types.SimpleNamespace(Session=_Session))
         _beam_s3_shared = True
 
 

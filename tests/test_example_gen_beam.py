@@ -387,3 +387,23 @@ def test_csv_from_s3_to_s3(s3_env, small_ranges, tmp_path):
     with pytest.raises(ExecutorError, match="empty.csv has a header but no rows"):
         _run(gen, f"{bucket}/output/examples/2", fs.beam_args([uri]))
     assert [k for k in s3_env.keys("example-gen-beam", "output/examples/2") if not k.endswith("/")] == []
+
+
+def test_arrow_coders_round_trip_and_estimate_without_encoding():
+    from conveyor.components import arrow_coders
+
+    table = pa.table({
+        "n": pa.array([1, None, 3], pa.int64()),
+        "s": pa.array(["a", None, "ccc"]),
+        "l": pa.array([[1.5], [], None], pa.large_list(pa.float32())),
+    })
+    batch = table.to_batches()[0]
+    for coder, value in ((arrow_coders.ArrowTableCoder(), table), (arrow_coders.ArrowRecordBatchCoder(), batch)):
+        decoded = coder.decode(coder.encode(value))
+        assert type(decoded) is type(value) and decoded.equals(value) and decoded.schema == value.schema
+        assert coder.estimate_size(value) == value.nbytes
+    arrow_coders.register()
+    import apache_beam as beam
+
+    assert isinstance(beam.coders.registry.get_coder(pa.RecordBatch), arrow_coders.ArrowRecordBatchCoder)
+    assert isinstance(beam.coders.registry.get_coder(pa.Table), arrow_coders.ArrowTableCoder)

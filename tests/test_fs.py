@@ -123,3 +123,20 @@ def test_remote_root_keeps_metadata_in_the_state_dir(tmp_path, monkeypatch):
         Pipeline("remote", "s3://bucket/x", [], metadata="s3://bucket/m.sqlite")
     with pytest.raises(PipelineDefinitionError, match="not supported"):
         Pipeline("remote", "hdfs://nn/x", [])
+
+
+def test_beam_s3_filesystem_shares_one_client_per_configuration():
+    # Beam makes a client wrapper per S3 operation; each must get the same
+    # boto3 client for the same configuration, another for another.
+    from apache_beam.io.aws.clients.s3 import boto3_client
+
+    fs.share_beam_s3_clients()
+    fs.share_beam_s3_clients()  # installs once
+    one = {"s3_endpoint_url": "http://127.0.0.1:1", "s3_region_name": "us-east-1",
+           "s3_access_key_id": "a", "s3_secret_access_key": "b"}
+    other = dict(one, s3_endpoint_url="http://127.0.0.1:2")
+    first, second = boto3_client.Client(options=one), boto3_client.Client(options=one)
+    assert first is not second and first.client is second.client
+    third = boto3_client.Client(options=other)
+    assert third.client is not first.client
+    assert third.client.meta.endpoint_url == "http://127.0.0.1:2"

@@ -25,46 +25,47 @@ from apache_beam import coders
 __all__ = ["ArrowTableCoder", "ArrowRecordBatchCoder", "register"]
 
 
-def _ipc_bytes(schema: Any, write: Any) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, schema) as writer:
-        write(writer)
-    return sink.getvalue().to_pybytes()
-
-
-class ArrowTableCoder(coders.Coder):
-    """A pyarrow Table as an Arrow IPC stream."""
+class _ArrowCoder(coders.Coder):
+    """Arrow's IPC stream format; the size estimate is the buffers' size.
+    Subclasses say what they hold and how it goes in and out of a stream."""
 
     def encode(self, value: Any) -> bytes:
-        return _ipc_bytes(value.schema, lambda w: w.write_table(value))
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, value.schema) as writer:
+            self._write(writer, value)
+        return sink.getvalue().to_pybytes()
 
-    def decode(self, encoded: bytes) -> Any:
-        return pa.ipc.open_stream(encoded).read_all()
+    def _write(self, writer: Any, value: Any) -> None:
+        raise NotImplementedError
 
     def estimate_size(self, value: Any) -> int:
         return int(value.nbytes)
 
     def is_deterministic(self) -> bool:
         return False
+
+
+class ArrowTableCoder(_ArrowCoder):
+    """A pyarrow Table as an Arrow IPC stream."""
+
+    def _write(self, writer: Any, value: Any) -> None:
+        writer.write_table(value)
+
+    def decode(self, encoded: bytes) -> Any:
+        return pa.ipc.open_stream(encoded).read_all()
 
     def to_type_hint(self) -> Any:
         return pa.Table
 
 
-class ArrowRecordBatchCoder(coders.Coder):
+class ArrowRecordBatchCoder(_ArrowCoder):
     """A pyarrow RecordBatch as an Arrow IPC stream of that one batch."""
 
-    def encode(self, value: Any) -> bytes:
-        return _ipc_bytes(value.schema, lambda w: w.write_batch(value))
+    def _write(self, writer: Any, value: Any) -> None:
+        writer.write_batch(value)
 
     def decode(self, encoded: bytes) -> Any:
         return pa.ipc.open_stream(encoded).read_next_batch()
-
-    def estimate_size(self, value: Any) -> int:
-        return int(value.nbytes)
-
-    def is_deterministic(self) -> bool:
-        return False
 
     def to_type_hint(self) -> Any:
         return pa.RecordBatch
