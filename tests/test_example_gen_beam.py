@@ -407,3 +407,7 @@ def test_arrow_coders_round_trip_and_estimate_without_encoding():
 
     assert isinstance(beam.coders.registry.get_coder(pa.RecordBatch), arrow_coders.ArrowRecordBatchCoder)
     assert isinstance(beam.coders.registry.get_coder(pa.Table), arrow_coders.ArrowTableCoder)
+    # TFDV puts its pickling coder there when imported; registering again restores ours.
+    beam.coders.registry.register_coder(pa.RecordBatch, beam.coders.PickleCoder)
+    arrow_coders.register()
+    assert isinstance(beam.coders.registry.get_coder(pa.RecordBatch), arrow_coders.ArrowRecordBatchCoder)

@@ -301,59 +301,6 @@ def test_cache_files_are_what_tft_default_sink_and_source_use(tmp_path):
         assert_that(empty, equal_to([]), label="EmptyHasNone")
 
 
-def test_beam_signatures_are_memoized_and_unchanged():
-    # Beam asks for the same signatures ~150k times per Transform run; the
-    # memo must answer exactly what Beam computes, for every kind of callable.
-    import functools
-    import inspect
-
-    import apache_beam as beam
-    from apache_beam.coders import VarIntCoder
-    from apache_beam.testing.util import assert_that, equal_to
-    from apache_beam.transforms import core
-    from apache_beam.transforms.userstate import BagStateSpec
-    from apache_beam.typehints import decorators
-
-    from conveyor.components.base import memoize_beam_signatures
-
-    class Fn(beam.DoFn):
-        def process(self, element, state=beam.DoFn.StateParam(BagStateSpec("bag", VarIntCoder())), *rest, **kw):
-            yield element
-
-        def varargs_only(*args):
-            return args
-
-    def plain(a, b=2, *, c):
-        return a
-
-    fn = Fn()
-    callables = [plain, fn.process, fn.varargs_only, len, str.upper, int, functools.partial(plain, 1),
-                 lambda x, y=1: x]
-    # Beam's own function, also when an earlier test installed the memo.
-    original = getattr(decorators.get_signature, "beam_original", decorators.get_signature)
-    before = [original(c) for c in callables]
-    memoize_beam_signatures()
-    memoize_beam_signatures()  # installs once
-    after = [decorators.get_signature(c) for c in callables]
-    assert after == before
-    assert decorators.get_signature(plain) is decorators.get_signature(plain)  # memoized
-    assert core.get_signature is decorators.get_signature
-    assert core.get_function_args_defaults(fn.process) == (
-        ["element", "state"], [inspect.signature(fn.process).parameters["state"].default])
-    with beam.Pipeline() as p:
-        assert_that(p | beam.Create([1, 2]) | beam.Map(lambda x, k=10: x * k), equal_to([10, 20]))
-    # dill's trace switch still switches; only setting the level it has is skipped.
-    import logging
-
-    import dill
-
-    assert hasattr(dill._dill._trace, "dill_original")
-    dill._dill._trace(True)
-    assert logging.getLogger("dill").level == logging.INFO
-    dill._dill._trace(False)
-    assert logging.getLogger("dill").level == logging.WARN
-
-
 def test_written_examples_are_gzip_members_every_reader_reads(tmp_path):
     # Transform writes each batch as its own gzip member; a file of several
     # (one bundle, several batches) must read whole in TensorFlow, Beam and

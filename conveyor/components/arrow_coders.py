@@ -72,14 +72,13 @@ class ArrowRecordBatchCoder(_ArrowCoder):
 
 
 _LOCK = threading.Lock()
-_REGISTERED = False
 
 
 def register() -> None:
-    """Put both coders in Beam's coder registry (once per process)."""
-    global _REGISTERED
+    """Put both coders in Beam's coder registry, again if a library put its
+    own there since: TFDV registers a pickling coder for RecordBatch when it
+    is imported."""
     with _LOCK:
-        if not _REGISTERED:
-            coders.registry.register_coder(pa.Table, ArrowTableCoder)
-            coders.registry.register_coder(pa.RecordBatch, ArrowRecordBatchCoder)
-            _REGISTERED = True
+        for arrow_type, coder in ((pa.Table, ArrowTableCoder), (pa.RecordBatch, ArrowRecordBatchCoder)):
+            if not isinstance(coders.registry.get_coder(arrow_type), coder):
+                coders.registry.register_coder(arrow_type, coder)

@@ -39,7 +39,6 @@ __all__ = [
     "user_code_files",
     "fingerprint_files",
     "skip_autograph_for_libraries",
-    "memoize_beam_signatures",
     "use_keras_2",
 ]
 
@@ -68,9 +67,9 @@ class ExecutionContext:
         import apache_beam as beam
         from apache_beam.options.pipeline_options import PipelineOptions
 
-        from conveyor.components import arrow_coders
+        from conveyor.components import arrow_coders, beam_tuning
 
-        memoize_beam_signatures()
+        beam_tuning.apply()
         arrow_coders.register()
         fs.share_beam_s3_clients()
         # Workers of a multi-process or remote runner import our DoFns from the
@@ -460,83 +459,3 @@ def skip_autograph_for_libraries() -> None:
     missing = tuple(autograph_config.DoNotConvert(name) for name in _AUTOGRAPH_SKIPPED if name not in known)
     if missing:
         autograph_config.CONVERSION_RULES = missing + rules
-
-
-_BEAM_SIGNATURES_MEMOIZED = False
-_BEAM_LOCK = threading.Lock()
-
-
-def memoize_beam_signatures() -> None:
-    """Make Beam compute a function's signature once per process (see
-    _memoize_beam_signatures) and pickle without resetting every logger's
-    cache each time (_skip_unchanged_dill_trace); ExecutionContext.beam_pipeline()
-    calls it."""
-    global _BEAM_SIGNATURES_MEMOIZED
-    with _BEAM_LOCK:
-        if not _BEAM_SIGNATURES_MEMOIZED:
-            _memoize_beam_signatures()
-            _skip_unchanged_dill_trace()
-            _BEAM_SIGNATURES_MEMOIZED = True
-
-
-def _skip_unchanged_dill_trace() -> None:
-    """Beam's pickler turns dill's trace off after every pickle and
-    unpickle (thousands per Transform run) by setting dill's logger level,
-    and Python's `Logger.setLevel` clears the cache of every logger in the
-    process (hundreds, once TensorFlow is imported): ~0.6 s per Transform
-    run. Setting a level the logger already has changes nothing, so that
-    call is skipped; a level that differs is set as before."""
-    import logging
-
-    import dill
-    from apache_beam.internal import dill_pickler  # noqa: F401 - makes `dill.dill` (its alias of dill._dill)
-
-    module = dill._dill  # `dill.dill`, on which Beam's pickler calls `_trace`
-    logger = logging.getLogger("dill")
-    original = module._trace
-
-    def _trace(boolean: bool) -> None:
-        if logger.level != (logging.INFO if boolean else logging.WARN):
-            original(boolean)
-
-    _trace.dill_original = original  # type: ignore[attr-defined]  # for tests
-    module._trace = _trace
-
-
-def _memoize_beam_signatures() -> None:
-    """Make Beam compute a function's signature once per process.
-
-    Beam inspects every method of every DoFn several times per ParDo (when
-    the pipeline is built, converted for the runner, and each bundle is set
-    up): ~150k `inspect.signature` calls and ~25% of Transform's time on the
-    taxi data. A plain function's signature is fixed once it is defined, so
-    it is kept (weakly, by the function); a bound method's is its function's
-    without the first parameter, as inspect computes it. Anything else
-    (builtins, callables, partials) goes to Beam's own code as before."""
-    import inspect
-    import types
-    import weakref
-
-    from apache_beam.transforms import core, ptransform, util
-    from apache_beam.typehints import decorators
-
-    original = decorators.get_signature
-    cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-
-    def get_signature(func: Any) -> inspect.Signature:
-        if type(func) is types.FunctionType:
-            signature = cache.get(func)
-            if signature is None:
-                signature = cache[func] = original(func)
-            return signature
-        if type(func) is types.MethodType and type(func.__func__) is types.FunctionType:
-            unbound = get_signature(func.__func__)
-            params = list(unbound.parameters.values())
-            if params and params[0].kind in positional:
-                return unbound.replace(parameters=params[1:])
-        return original(func)
-
-    get_signature.beam_original = original  # type: ignore[attr-defined]  # for tests
-    for module in (decorators, core, ptransform, util):
-        module.get_signature = get_signature  # type: ignore[attr-defined]

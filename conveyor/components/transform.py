@@ -135,7 +135,6 @@ def run(
     source = tfxio.TFExampleRecord(file_pattern="unused", schema=schema)
     arrow_schema = source.ArrowSchema()
     adapter_config = source.TensorAdapterConfig()
-    _trace_preprocessing_fn(preprocessing_fn, adapter_config, params, ctx)
 
     own_tmp = not ctx.tmp_dir
     tmp_dir = ctx.tmp_dir or tempfile.mkdtemp(prefix="conveyor_transform_")
@@ -201,11 +200,15 @@ def _run_pipeline(examples: Examples, schema: Any, cache_in: Artifact | None,
             else:
                 input_cache = {}
             analyze_data = {analyzer_cache.DatasetKey(keys[s]): raw[s] for s in analyze_splits}
-            transform_fn, new_cache = (
-                analyze_data,
-                input_cache,
-                adapter_config,
-            ) | "Analyze" >> tft_beam.AnalyzeDatasetWithCache(preprocessing_fn, pipeline=p)
+            try:
+                # tf.Transform traces preprocessing_fn here, before any data is read.
+                transform_fn, new_cache = (
+                    analyze_data,
+                    input_cache,
+                    adapter_config,
+                ) | "Analyze" >> tft_beam.AnalyzeDatasetWithCache(preprocessing_fn, pipeline=p)
+            except Exception as e:
+                raise preprocessing_fn.error(e, adapter_config, params, ctx) from e
             _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(graph_out.uri)
             if new_cache:
                 cache_files = _CacheFiles()
@@ -301,6 +304,7 @@ class _PreprocessingFn:
         self.import_path = import_path
         self.custom_config = custom_config
         self._fn: Any = None
+        self._failure: Exception | None = None  # the first exception preprocessing_fn raised here
 
     def resolve(self) -> Any:
         if self._fn is None:
@@ -313,6 +317,7 @@ class _PreprocessingFn:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_fn"] = None
+        state["_failure"] = None
         return state
 
     def __call__(self, inputs: dict[str, Any]) -> Any:
@@ -321,31 +326,35 @@ class _PreprocessingFn:
             takes_config = "custom_config" in inspect.signature(fn).parameters
         except (TypeError, ValueError):
             takes_config = False
-        if takes_config:
-            return fn(inputs, custom_config=dict(self.custom_config))
-        return fn(inputs)
+        try:
+            if takes_config:
+                return fn(inputs, custom_config=dict(self.custom_config))
+            return fn(inputs)
+        except Exception as e:
+            # TensorFlow's tracing may raise another exception for it.
+            self._failure = self._failure or e
+            raise
 
+    def error(self, raised: Exception, adapter_config: Any, params: TransformParams,
+              ctx: ExecutionContext) -> Exception:
+        """What to raise for `raised`, from building the pipeline: a bug in
+        the user's code reported with its file and line, not as a failure
+        deep in tf.Transform; anything else as it is."""
+        e = self._failure
+        if e is None:
+            return raised
+        from tfx_bsl.public import tfxio
 
-def _trace_preprocessing_fn(fn: Any, adapter_config: Any, params: TransformParams,
-                            ctx: ExecutionContext) -> None:
-    """Traces preprocessing_fn once before the pipeline, so a bug in the
-    user's code is reported with its file and line, not as a Beam failure."""
-    import tensorflow_transform as tft
-    from tfx_bsl.public import tfxio
-
-    specs = tfxio.TensorAdapter(adapter_config).OriginalTypeSpecs()
-    try:
-        tft.get_analyze_input_columns(fn, specs, force_tf_compat_v1=params.force_tf_compat_v1)
-    except Exception as e:  # noqa: BLE001 - any failure of user code is reported the same way
+        specs = tfxio.TensorAdapter(adapter_config).OriginalTypeSpecs()
         where = params.module_file or params.preprocessing_fn
-        module = fs.abspath(params.module_file) if params.module_file else None
-        frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == module]
+        frames = [f for f in traceback.extract_tb(e.__traceback__)
+                  if self.module_file and os.path.abspath(f.filename) == self.module_file]
         line = f" at line {frames[-1].lineno} ({frames[-1].line})" if frames else ""
-        raise ctx.error(
+        return ctx.error(
             f"preprocessing_fn from {where} failed while being traced{line}: "
             f"{type(e).__name__}: {str(e).rstrip('.')}. Its inputs are the schema's features: "
             f"{sorted(specs)}."
-        ) from e
+        )
 
 
 def _dataset_key(examples: Examples, split: str) -> str:

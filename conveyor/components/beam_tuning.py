@@ -1,0 +1,266 @@
+"""Beam's fixed costs per transform and per bundle, cut in the node's own process.
+
+At 15k rows the data work of a Transform run is a small part of its time:
+the rest is Beam building ~1,000 transforms and running ~130 fused stages,
+each one bundle. Measured on the taxi Transform (7.0 s in all), Beam spent
+0.85 s inspecting every method of every DoFn for state and timer
+parameters (4k times), 0.4 s building and parsing an argparse parser per
+options view (2k views), 0.4 s waiting for each bundle's state-sampler
+thread to wake from its sleep, and 0.5 s pickling each DoFn at
+construction to check that it pickles (the copy is thrown away; the
+pipeline pickles it again when it runs).
+
+`apply()` changes those, once per process, without changing what Beam
+computes; `ExecutionContext.beam_pipeline()` and Beam workers
+(`conveyor.beam_worker`) call it. Each change keeps Beam's own function
+for any case it does not cover.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import types
+import weakref
+from typing import Any
+
+__all__ = ["apply"]
+
+_APPLIED = False
+_LOCK = threading.Lock()
+_MISSING = object()
+# A sampling period of 1 ms: Beam's default ramps a sleep from 2 ms up to
+# 200 ms, and a bundle's end waits for the sampler thread's current sleep.
+STATE_SAMPLING_PERIOD_MS = 1
+
+
+def apply() -> None:
+    """Install every change below, once per process."""
+    global _APPLIED
+    with _LOCK:
+        if _APPLIED:
+            return
+        _memoize_signatures()
+        _skip_unchanged_dill_trace()
+        _memoize_dofn_specs()
+        _reuse_option_views()
+        _sample_state_briefly()
+        _skip_construction_pickle_check()
+        _APPLIED = True
+
+
+def _memoize_signatures() -> None:
+    """Beam inspects every method of every DoFn several times per ParDo
+    (built, converted for the runner, each bundle set up): ~150k
+    `inspect.signature` calls and ~25% of Transform's time on the taxi
+    data. A plain function's signature is fixed once it is defined, so it
+    is kept (weakly, by the function); a bound method's is its function's
+    without the first parameter, as inspect computes it. Anything else
+    (builtins, callables, partials) goes to Beam's own code."""
+    from apache_beam.transforms import core, ptransform, util
+    from apache_beam.typehints import decorators
+
+    original = decorators.get_signature
+    cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+    def get_signature(func: Any) -> inspect.Signature:
+        if type(func) is types.FunctionType:
+            signature = cache.get(func)
+            if signature is None:
+                signature = cache[func] = original(func)
+            return signature
+        if type(func) is types.MethodType and type(func.__func__) is types.FunctionType:
+            unbound = get_signature(func.__func__)
+            params = list(unbound.parameters.values())
+            if params and params[0].kind in positional:
+                return unbound.replace(parameters=params[1:])
+        return original(func)
+
+    get_signature.beam_original = original  # type: ignore[attr-defined]  # for tests
+    for module in (decorators, core, ptransform, util):
+        module.get_signature = get_signature  # type: ignore[attr-defined]
+
+
+def _skip_unchanged_dill_trace() -> None:
+    """Beam's pickler turns dill's trace off after every pickle and
+    unpickle by setting dill's logger level, and `Logger.setLevel` clears
+    the cache of every logger in the process (hundreds, once TensorFlow is
+    imported): ~0.6 s per Transform run. Setting the level the logger
+    already has is skipped; a level that differs is set as before."""
+    import logging
+
+    import dill
+    from apache_beam.internal import dill_pickler  # noqa: F401 - makes `dill.dill` (its alias of dill._dill)
+
+    module = dill._dill  # `dill.dill`, on which Beam's pickler calls `_trace`
+    logger = logging.getLogger("dill")
+    original = module._trace
+
+    def _trace(boolean: bool) -> None:
+        if logger.level != (logging.INFO if boolean else logging.WARN):
+            original(boolean)
+
+    _trace.dill_original = original  # type: ignore[attr-defined]  # for tests
+    module._trace = _trace
+
+
+def _memoize_dofn_specs() -> None:
+    """`userstate.get_dofn_specs` wraps every method of a DoFn (its `dir`)
+    to find state and timer parameters, on each ParDo built, converted and
+    set up for a bundle. The answer depends on the class and on what the
+    instance's own attributes change: a bound method kept as an attribute,
+    or an attribute hiding one of the class's methods (as `beam.Map` keeps
+    its function as `process`). So it is kept per class and per those
+    attributes (names, and the functions of bound methods). A class with
+    properties of its own, whose values can differ per instance, and
+    objects without a `__dict__` get Beam's own function every time."""
+    from apache_beam.transforms import userstate
+
+    original = userstate.get_dofn_specs
+    # class -> its callable names and {instance key: specs}, or None when not cacheable
+    by_class: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def get_dofn_specs(dofn: Any) -> tuple[set, set]:
+        own = getattr(dofn, "__dict__", None)
+        cls = type(dofn)
+        if own is None:
+            return original(dofn)
+        entry = by_class.get(cls, _MISSING)
+        if entry is _MISSING:
+            entry = by_class[cls] = _class_entry(cls)
+        if entry is None:
+            return original(dofn)
+        callables, answers = entry
+        key = tuple(
+            (name, value.__func__ if isinstance(value, types.MethodType) else None)
+            for name, value in own.items()
+            if isinstance(value, types.MethodType) or name in callables
+        )
+        try:
+            specs = answers.get(key)
+        except TypeError:  # an unhashable function
+            return original(dofn)
+        if specs is None:
+            specs = answers[key] = original(dofn)
+        return set(specs[0]), set(specs[1])
+
+    get_dofn_specs.beam_original = original  # type: ignore[attr-defined]  # for tests
+    # Beam's callers (and userstate's own is_stateful_dofn) look it up here.
+    userstate.get_dofn_specs = get_dofn_specs
+
+
+def _class_entry(cls: type) -> tuple[frozenset, dict] | None:
+    from apache_beam.transforms.core import DoFn
+
+    names = dir(cls)
+    for name in names:
+        attribute = inspect.getattr_static(cls, name, None)
+        # DoFn's own properties answer booleans about `process`; another's
+        # might answer a bound method.
+        if isinstance(attribute, property) and attribute is not inspect.getattr_static(DoFn, name, None):
+            return None
+    return frozenset(name for name in names if callable(inspect.getattr_static(cls, name, None))), {}
+
+
+def _reuse_option_views() -> None:
+    """`PipelineOptions.view_as(cls)` builds an argparse parser of every
+    option of `cls` and parses the flags again, for a view whose state is
+    the shared `_all_options` dict: Beam asks for a view twice per
+    transform applied. A view is kept per options object and class, and
+    made again when the options object's flags or dict are not the ones it
+    was made from."""
+    from apache_beam.options import pipeline_options
+
+    original = pipeline_options.PipelineOptions.view_as
+    views: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # options -> {cls: view}
+
+    def view_as(self: Any, cls: type) -> Any:
+        try:
+            mine = views.setdefault(self, {})
+        except TypeError:  # not weakly referable
+            return original(self, cls)
+        view = mine.get(cls)
+        if (view is None or view._all_options is not self._all_options
+                or view._flags is not self._flags):
+            view = mine[cls] = original(self, cls)
+        return view
+
+    view_as.beam_original = original  # type: ignore[attr-defined]  # for tests
+    pipeline_options.PipelineOptions.view_as = view_as  # type: ignore[method-assign]
+
+
+def _sample_state_briefly() -> None:
+    """Each bundle's end joins its state sampler's thread, which sleeps
+    between samples (2 ms growing to 200 ms): ~3 ms per bundle at 15k rows,
+    0.4 s per Transform run. Sampling every 1 ms keeps the wait under 1 ms;
+    the thread only reads a clock and adds under a lock, without the GIL."""
+    from apache_beam.runners.worker import statesampler
+
+    original = statesampler.StateSampler.__init__
+    if getattr(original, "beam_original", None) is not None:
+        return
+
+    def __init__(self: Any, prefix: str, counter_factory: Any,
+                 sampling_period_ms: int = statesampler.DEFAULT_SAMPLING_PERIOD_MS) -> None:
+        original(self, prefix, counter_factory, min(sampling_period_ms, STATE_SAMPLING_PERIOD_MS))
+
+    __init__.beam_original = original  # type: ignore[attr-defined]  # for tests
+    statesampler.StateSampler.__init__ = __init__  # type: ignore[method-assign]
+
+
+class _Unpickled:
+    """What `dumps` hands back for a transform's own fn under construction."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _skip_construction_pickle_check() -> None:
+    """`PTransformWithSideInputs.__init__` pickles and unpickles its fn to
+    check that it pickles, then keeps the original fn (0.5 s of a Transform
+    run). The pipeline pickles every fn again when it runs, so an
+    unpicklable fn still fails before any data is read. Only that round
+    trip of the fn under construction is skipped, and the copy of empty
+    args or kwargs is a new empty one without the pickler (bz2
+    costs 0.2 ms even for an empty one); other args and kwargs are copied
+    through the pickler, as Beam does."""
+    from apache_beam.internal import pickler
+    from apache_beam.transforms import ptransform
+
+    cls = ptransform.PTransformWithSideInputs
+    original_init = cls.__init__
+    if getattr(original_init, "beam_original", None) is not None:
+        return
+    building = threading.local()
+
+    def dumps(o: Any, *args: Any, **kwargs: Any) -> Any:
+        stack = getattr(building, "stack", None)
+        if stack:
+            if o is getattr(stack[-1], "fn", _Unpickled):
+                return _Unpickled(o)
+            if type(o) in (tuple, list, dict) and not o:  # no args: the copy is a new empty one
+                return _Unpickled(type(o)())
+        return pickler.dumps(o, *args, **kwargs)
+
+    def loads(data: Any, *args: Any, **kwargs: Any) -> Any:
+        if type(data) is _Unpickled:
+            return data.value
+        return pickler.loads(data, *args, **kwargs)
+
+    def __init__(self: Any, fn: Any, *args: Any, **kwargs: Any) -> None:
+        stack = building.__dict__.setdefault("stack", [])
+        stack.append(self)
+        try:
+            original_init(self, fn, *args, **kwargs)
+        finally:
+            stack.pop()
+
+    __init__.beam_original = original_init  # type: ignore[attr-defined]  # for tests
+    # ptransform's own name for the pickler: its other uses (pickled
+    # transforms in the runner API) reach Beam's functions unchanged.
+    ptransform.pickler = types.SimpleNamespace(dumps=dumps, loads=loads)  # type: ignore[attr-defined]
+    cls.__init__ = __init__  # type: ignore[method-assign]
+

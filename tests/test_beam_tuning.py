@@ -1,0 +1,166 @@
+"""conveyor.components.beam_tuning: each change to Beam's fixed costs answers
+exactly what Beam's own code answers, and pipelines still run (state and
+timers, side inputs, combiners, args copied at construction)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import pickle
+import threading
+
+import apache_beam as beam
+import pytest
+from apache_beam.coders import VarIntCoder
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TypeOptions
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms import core, userstate
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
+from apache_beam.typehints import decorators
+
+from conveyor.components import beam_tuning
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tuned():
+    beam_tuning.apply()
+    beam_tuning.apply()  # installs once
+    assert not hasattr(decorators.get_signature.beam_original, "beam_original")
+
+
+class Stateful(beam.DoFn):
+    BAG = BagStateSpec("bag", VarIntCoder())
+    TIMER = TimerSpec("flush", TimeDomain.WATERMARK)
+
+    def process(self, element, bag=beam.DoFn.StateParam(BAG), timer=beam.DoFn.TimerParam(TIMER)):
+        key, value = element
+        bag.add(value)
+        timer.set(0)
+
+    @on_timer(TIMER)
+    def flush(self, bag=beam.DoFn.StateParam(BAG)):
+        yield sum(bag.read())
+        bag.clear()
+
+
+class Plain(beam.DoFn):
+    def process(self, element, *rest, **kw):
+        yield element
+
+    def varargs_only(*args):
+        return args
+
+
+class WithProperty(beam.DoFn):
+    @property
+    def helper(self):
+        return self._helper
+
+    def __init__(self, helper):
+        super().__init__()
+        self._helper = helper
+
+    def process(self, element):
+        yield element
+
+
+def test_signatures_are_memoized_and_unchanged():
+    def plain(a, b=2, *, c):
+        return a
+
+    fn = Stateful()
+    callables = [plain, fn.process, Plain().varargs_only, len, str.upper, int, functools.partial(plain, 1),
+                 lambda x, y=1: x]
+    original = decorators.get_signature.beam_original
+    assert [decorators.get_signature(c) for c in callables] == [original(c) for c in callables]
+    assert decorators.get_signature(plain) is decorators.get_signature(plain)
+    assert core.get_signature is decorators.get_signature
+    assert core.get_function_args_defaults(fn.process) == (
+        ["element", "bag", "timer"], [inspect.signature(fn.process).parameters[n].default for n in ("bag", "timer")])
+
+
+def test_dill_trace_still_switches():
+    import dill
+
+    assert hasattr(dill._dill._trace, "dill_original")
+    dill._dill._trace(True)
+    assert logging.getLogger("dill").level == logging.INFO
+    dill._dill._trace(False)
+    assert logging.getLogger("dill").level == logging.WARN
+
+
+def _specs(specs):
+    states, timers = specs
+    return sorted(s.name for s in states), sorted(t.name for t in timers)
+
+
+def test_dofn_specs_are_beams_for_every_kind_of_instance():
+    original = userstate.get_dofn_specs.beam_original
+    stateful = Stateful()
+    kept_method = Plain()
+    kept_method.later = Stateful().process  # a bound method kept as an attribute adds its parameters
+    hidden = Stateful()
+    hidden.process = lambda element: [element]  # hides the stateful process, as beam.Map keeps its fn
+    cases = [stateful, Stateful(), Plain(), kept_method, hidden, WithProperty(stateful.process),
+             core.CallableWrapperDoFn(lambda x: x), core.CallableWrapperDoFn(stateful.process)]
+    for dofn in cases * 2:  # the second time from the memo
+        assert _specs(userstate.get_dofn_specs(dofn)) == _specs(original(dofn)), dofn
+    assert _specs(userstate.get_dofn_specs(stateful)) == (["bag"], ["ts-flush"])
+    assert _specs(userstate.get_dofn_specs(kept_method)) == (["bag"], ["ts-flush"])
+    assert _specs(userstate.get_dofn_specs(Plain())) == ([], [])
+    # Callers may change what they get without changing the memo.
+    userstate.get_dofn_specs(stateful)[0].clear()
+    assert _specs(userstate.get_dofn_specs(stateful)) == (["bag"], ["ts-flush"])
+
+
+def test_option_views_are_shared_per_options_object():
+    options = PipelineOptions(["--type_check_strictness=ALL_REQUIRED"])
+    view = options.view_as(TypeOptions)
+    assert options.view_as(TypeOptions) is view
+    assert view.type_check_strictness == "ALL_REQUIRED"
+    view.type_check_strictness = "DEFAULT_TO_ANY"  # views share one store, as Beam's do
+    assert options.view_as(TypeOptions).type_check_strictness == "DEFAULT_TO_ANY"
+    assert PipelineOptions.view_as.beam_original(options, TypeOptions).type_check_strictness == "DEFAULT_TO_ANY"
+    other = PipelineOptions([])
+    assert other.view_as(TypeOptions) is not view
+    assert other.view_as(TypeOptions).type_check_strictness == "DEFAULT_TO_ANY"  # Beam's default
+    assert other.view_as(StandardOptions).streaming is False
+    assert pickle.loads(pickle.dumps(options)).view_as(TypeOptions).type_check_strictness == "DEFAULT_TO_ANY"
+
+
+def test_state_sampler_sleeps_at_most_the_short_period():
+    from apache_beam.runners.worker import statesampler
+    from apache_beam.utils.counters import CounterFactory
+
+    sampler = statesampler.StateSampler("step", CounterFactory())
+    assert sampler.sampling_period_ms == 1
+    sampler.start()
+    threading.Event().wait(0.3)  # Beam's ramp would sleep 50 ms and more by now
+    sampler.stop()  # joins the sampling thread: fast when it sleeps 1 ms at a time
+    assert sampler.finished
+
+
+def test_pipelines_still_run_with_state_timers_side_inputs_and_copied_args():
+    factor = [10]
+    with beam.Pipeline() as p:
+        pairs = p | "Pairs" >> beam.Create([("a", 1), ("a", 2), ("b", 5)])
+        sums = pairs | beam.ParDo(Stateful())
+        assert_that(sums, equal_to([3, 5]), label="StateAndTimers")
+        side = p | "Side" >> beam.Create([100])
+        scaled = (p | "Numbers" >> beam.Create([1, 2])
+                  | beam.Map(lambda x, f, s: x * f[0] + s, factor, beam.pvalue.AsSingleton(side)))
+        factor.append("changed after construction")  # Beam copied the args when the Map was built
+        factor[0] = 0
+        assert_that(scaled, equal_to([110, 120]), label="SideInputsAndArgs")
+        total = p | "More" >> beam.Create([1, 2, 3]) | beam.CombineGlobally(sum)
+        assert_that(total, equal_to([6]), label="Combine")
+
+
+def test_an_unpicklable_fn_still_fails_before_the_pipeline_runs():
+    lock = threading.Lock()  # not picklable
+    p = beam.Pipeline()
+    _ = p | beam.Create([1]) | beam.Map(lambda x: (lock, x))  # built: no copy made here any more
+    with pytest.raises(Exception, match="(?i)pickle|lock"):
+        p.run()
