@@ -198,8 +198,6 @@ def _sample_state_briefly() -> None:
     from apache_beam.runners.worker import statesampler
 
     original = statesampler.StateSampler.__init__
-    if getattr(original, "beam_original", None) is not None:
-        return
 
     def __init__(self: Any, prefix: str, counter_factory: Any,
                  sampling_period_ms: int = statesampler.DEFAULT_SAMPLING_PERIOD_MS) -> None:
@@ -232,14 +230,12 @@ def _skip_construction_pickle_check() -> None:
 
     cls = ptransform.PTransformWithSideInputs
     original_init = cls.__init__
-    if getattr(original_init, "beam_original", None) is not None:
-        return
     building = threading.local()
 
     def dumps(o: Any, *args: Any, **kwargs: Any) -> Any:
         stack = getattr(building, "stack", None)
         if stack:
-            if o is getattr(stack[-1], "fn", _Unpickled):
+            if o is getattr(stack[-1], "fn", _MISSING):
                 return _Unpickled(o)
             if type(o) in (tuple, list, dict) and not o:  # no args: the copy is a new empty one
                 return _Unpickled(type(o)())
