@@ -136,6 +136,10 @@ def test_data_accessor_reads_raw_parquet_examples():
     assert sum(int(label.shape[0]) for _, label in batches) == rows
     features, label = batches[0]
     assert label.shape == (16, 1) and label.dtype == tf.float32
+    # Autotuning off: with it on, destroying the iterator at the end of a fit
+    # waits for the autotuner's sleep (seconds; see DataAccessor).
+    dataset = accessor.tf_dataset_factory([pattern], options, schema)
+    assert dataset.options().autotune.enabled is False
     assert features["fare"].shape == (16, 1)  # always present: dense
     assert isinstance(features["pickup_latitude"], tf.SparseTensor)  # sometimes missing
     assert features["company"].dtype == tf.string

@@ -29,6 +29,15 @@ class DataAccessor:
     `record_batch_factory(file_pattern, options, schema)` returns an iterator
     of `pyarrow.RecordBatch` (list-shaped columns, as tf.Example gives).
     `options` are tfx_bsl's `TensorFlowDatasetOptions` / `RecordBatchesOptions`.
+
+    The datasets come with tf.data's autotuning off (`Options.autotune`):
+    with it on, TensorFlow 2.16 destroys an iterator (Keras does at the end
+    of every `fit` and `evaluate`) only once the autotuner's thread has
+    slept out its period, which grows to seconds as training goes on; that
+    cost 1.6 to 9 s at the end of one fit in four of the taxi example's.
+    Prefetch buffers still grow as needed, and a `map(...,
+    num_parallel_calls=tf.data.AUTOTUNE)` gets a thread per core (at most
+    16). `dataset.with_options(...)` can turn autotuning back on.
     """
 
     def __init__(self, file_format: str) -> None:
@@ -50,8 +59,10 @@ class DataAccessor:
         if self.file_format == examples_io.TFRECORDS_GZIP:
             from tfx_bsl.public import tfxio
 
-            return tfxio.TFExampleRecord(_patterns(file_pattern), schema=schema).TensorFlowDataset(options)
-        return _parquet_dataset(_patterns(file_pattern), options, schema)
+            dataset = tfxio.TFExampleRecord(_patterns(file_pattern), schema=schema).TensorFlowDataset(options)
+        else:
+            dataset = _parquet_dataset(_patterns(file_pattern), options, schema)
+        return _without_autotune(dataset)
 
     def record_batch_factory(self, file_pattern: str | Sequence[str], options: Any,
                              schema: Any) -> Iterator[Any]:
@@ -98,6 +109,15 @@ class FnArgs:
     def working_dir(self) -> str:
         """TFX's name for a scratch directory of the run."""
         return self.model_run_dir
+
+
+def _without_autotune(dataset: Any) -> Any:
+    """`dataset` with tf.data's autotuner off (see DataAccessor)."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
 
 
 # -- Parquet ---------------------------------------------------------------------
