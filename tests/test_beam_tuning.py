@@ -164,3 +164,37 @@ def test_an_unpicklable_fn_still_fails_before_the_pipeline_runs():
     _ = p | beam.Create([1]) | beam.Map(lambda x: (lock, x))  # built: no copy made here any more
     with pytest.raises(Exception, match="(?i)pickle|lock"):
         p.run()
+
+
+class CountsUnpickling(beam.DoFn):
+    unpickled = 0
+
+    def __setstate__(self, state):
+        type(self).unpickled += 1
+        self.__dict__.update(state)
+
+    def setup(self):
+        self.ready = True
+
+    def process(self, x):
+        assert self.ready  # the DoFn handed over is the one set up
+        yield x * 2
+
+
+def test_worker_sets_up_each_dofn_from_one_unpickling(monkeypatch):
+    from apache_beam.internal import pickler
+    from apache_beam.runners.worker import bundle_processor, operations
+
+    def unpicklings() -> int:
+        CountsUnpickling.unpickled = 0
+        with beam.Pipeline() as p:
+            doubled = p | beam.Create([1, 2]) | beam.ParDo(CountsUnpickling())
+            assert_that(doubled, equal_to([2, 4]))
+        return CountsUnpickling.unpickled
+
+    assert unpicklings() == 1  # from the pipeline proto, for the one bundle processor
+    monkeypatch.setattr(bundle_processor, "pickler", pickler)
+    monkeypatch.setattr(operations, "pickler", pickler)
+    # Beam's worker: from the proto, then its spec (operation built, set up,
+    # asked for performance hints).
+    assert unpicklings() == 4
