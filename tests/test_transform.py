@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -152,6 +153,11 @@ def test_transformed_examples_for_every_split(first_run):
         assert set(records[0]) == TRANSFORMED
         labels = {r["tips_xf"][0] for r in records}
         assert labels == {0, 1}
+        # Each split's own rows: its labels are those of its raw rows.
+        raw = [(r["tips"], r["fare"]) for r in read_examples(examples, split)]
+        positives = sum(tips is not None and fare is not None  # in float32, as the graph computes
+                        and np.float32(tips) > np.float32(fare) * np.float32(0.2) for tips, fare in raw)
+        assert sum(r["tips_xf"][0] for r in records) == positives
     # The columns are what tf.Transform's own conversion of its outputs gives.
     graph = tft.TFTransformOutput(outputs["transform_graph"].uri)
     path = glob.glob(os.path.join(out.uri, "Split-eval", "*.parquet"))[0]
