@@ -165,6 +165,26 @@ def test_transformed_examples_for_every_split(first_run):
         graph.transformed_metadata.schema)
 
 
+def test_every_split_is_transformed_with_one_load_of_the_graph(tmp_path, monkeypatch):
+    from tensorflow_transform.beam import impl
+
+    loads = []
+    original = impl._RunMetaGraphDoFn._make_graph_state
+
+    def counted(self, saved_model_dir):
+        loads.append(saved_model_dir)
+        return original(self, saved_model_dir)
+
+    monkeypatch.setattr(impl._RunMetaGraphDoFn, "_make_graph_state", counted)
+    examples = taxi_examples()
+    outputs = run_transform(str(tmp_path / "out"), TransformParams(module_file=TAXI_MODULE), examples=examples)
+    # One graph for the analysis, one for transforming both splits.
+    assert len(loads) == 2 and len(set(loads)) == 2
+    rows = json.loads(examples.get("row_counts"))
+    for split in ("train", "eval"):
+        assert len(read_examples(outputs["transformed_examples"], split)) == rows[split]
+
+
 def test_analyzer_cache_is_written_and_reused(first_run, tmp_path):
     examples, outputs = first_run
     cache = outputs["updated_analyzer_cache"]
