@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import dataclasses
+import gc
 import importlib
 import json
 import os
@@ -68,6 +69,7 @@ __all__ = [
     "run_file",
     "exit_process",
     "WARM_MODULES",
+    "NODE_GC_THRESHOLDS",
     "SCRIPT_MODULE",
     "NODE_ENV",
 ]
@@ -84,6 +86,14 @@ WARM_MODULES = (
     "conveyor.components.example_validator", "conveyor.components.transform", "conveyor.components.trainer",
     "conveyor.components.evaluator", "conveyor.components.pusher",
 )
+# Python's collector thresholds in a node's process (the default is 700,
+# 10, 10). Tracing TensorFlow graphs (Transform, Trainer, Evaluator) makes
+# millions of objects, and at the default a node scans them again and
+# again: 0.21 s of collections in the taxi Trainer and 0.34 s in its
+# Transform at 15k rows, 0.04 and 0.09 s with these (peak RSS +13 MB).
+# Cycles are still collected, less often. The run's own process and the
+# thread launcher keep the user's settings.
+NODE_GC_THRESHOLDS = (50_000, 10, 10)
 # The module name a node's process gives the script that started the run.
 SCRIPT_MODULE = "conveyor_script"
 # Set in a node's process (the component id): a pipeline run started there
@@ -372,6 +382,7 @@ def run_file(invocation_path: str, result_path: str | None) -> int:
         print(f"error: cannot read invocation {invocation_path}: {e}", file=sys.stderr)
         return 2
     os.environ[NODE_ENV] = invocation.component_id
+    gc.set_threshold(*NODE_GC_THRESHOLDS)
     stdout = _output_to(invocation.log_file) if invocation.log_file else None
     try:
         result = execute(invocation)

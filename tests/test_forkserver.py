@@ -3,6 +3,7 @@ imported the ML stack once (conveyor.forkserver)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ import textwrap
 
 import pytest
 
-from conveyor import LocalRunner, Pipeline, PipelineDefinitionError
+from conveyor import LocalRunner, Pipeline, PipelineDefinitionError, launch
 from conveyor.artifacts import Examples, Model
 from conveyor.components.function import InputArtifact, OutputArtifact, component
 
@@ -33,7 +34,7 @@ def read_tf_state(rows: InputArtifact[Examples], model: OutputArtifact[Model]) -
     import tensorflow as tf
 
     with open(os.path.join(model.uri, "seen.json"), "w") as f:
-        json.dump({"pid": os.getpid(), "floatx": tf.keras.backend.floatx()}, f)
+        json.dump({"pid": os.getpid(), "floatx": tf.keras.backend.floatx(), "gc": gc.get_threshold()}, f)
 
 
 def _seen(artifact) -> dict:
@@ -50,6 +51,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_nodes_do_not_see_each_others_tensorflow_state_and_leave_no_process(tmp_path):
+    ours = gc.get_threshold()
     first = change_tf_state()
     second = read_tf_state(rows=first.outputs["rows"])
     result = LocalRunner(echo=lambda line: None).run(Pipeline("tfstate", str(tmp_path / "root"), [first, second]))
@@ -57,6 +59,7 @@ def test_nodes_do_not_see_each_others_tensorflow_state_and_leave_no_process(tmp_
     a, b = _seen(rows), _seen(model)
     assert len({a["pid"], b["pid"], os.getpid()}) == 3  # a process of its own for each node
     assert b["floatx"] == "float32", b  # Keras' default: nothing of the first node
+    assert tuple(b["gc"]) == launch.NODE_GC_THRESHOLDS and gc.get_threshold() == ours  # the node's, not ours
     assert not _alive(a["pid"]) and not _alive(b["pid"])
     helpers = [p for p in os.listdir("/proc") if p.isdigit() and _is_fork_server_of(int(p), os.getpid())]
     assert helpers == []  # the fork server ended with the run
