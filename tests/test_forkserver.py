@@ -34,7 +34,8 @@ def read_tf_state(rows: InputArtifact[Examples], model: OutputArtifact[Model]) -
     import tensorflow as tf
 
     with open(os.path.join(model.uri, "seen.json"), "w") as f:
-        json.dump({"pid": os.getpid(), "floatx": tf.keras.backend.floatx(), "gc": gc.get_threshold()}, f)
+        json.dump({"pid": os.getpid(), "floatx": tf.keras.backend.floatx(), "gc": gc.get_threshold(),
+                   "collects": gc.isenabled()}, f)
 
 
 def _seen(artifact) -> dict:
@@ -60,6 +61,7 @@ def test_nodes_do_not_see_each_others_tensorflow_state_and_leave_no_process(tmp_
     assert len({a["pid"], b["pid"], os.getpid()}) == 3  # a process of its own for each node
     assert b["floatx"] == "float32", b  # Keras' default: nothing of the first node
     assert tuple(b["gc"]) == launch.NODE_GC_THRESHOLDS and gc.get_threshold() == ours  # the node's, not ours
+    assert b["collects"]  # the server imports with the collector off; its children turn it on
     assert not _alive(a["pid"]) and not _alive(b["pid"])
     helpers = [p for p in os.listdir("/proc") if p.isdigit() and _is_fork_server_of(int(p), os.getpid())]
     assert helpers == []  # the fork server ended with the run
