@@ -211,12 +211,21 @@ def _sample_state_briefly() -> None:
 
 class _Unpickled:
     """What a replaced `dumps` hands back instead of pickling: the object
-    itself, for a `loads` of the same process."""
+    itself, for a `loads` of the same process (`_loads`)."""
 
     __slots__ = ("value",)
 
     def __init__(self, value: Any) -> None:
         self.value = value
+
+
+def _loads(data: Any, *args: Any, **kwargs: Any) -> Any:
+    """Beam's `pickler.loads`, except that an `_Unpickled` gives its object."""
+    if type(data) is _Unpickled:
+        return data.value
+    from apache_beam.internal import pickler
+
+    return pickler.loads(data, *args, **kwargs)
 
 
 def _skip_construction_pickle_check() -> None:
@@ -244,11 +253,6 @@ def _skip_construction_pickle_check() -> None:
                 return _Unpickled(type(o)())
         return pickler.dumps(o, *args, **kwargs)
 
-    def loads(data: Any, *args: Any, **kwargs: Any) -> Any:
-        if type(data) is _Unpickled:
-            return data.value
-        return pickler.loads(data, *args, **kwargs)
-
     def __init__(self: Any, fn: Any, *args: Any, **kwargs: Any) -> None:
         stack = building.__dict__.setdefault("stack", [])
         stack.append(self)
@@ -260,9 +264,8 @@ def _skip_construction_pickle_check() -> None:
     __init__.beam_original = original_init  # type: ignore[attr-defined]  # for tests
     # ptransform's own name for the pickler: its other uses (pickled
     # transforms in the runner API) reach Beam's functions unchanged.
-    ptransform.pickler = types.SimpleNamespace(dumps=dumps, loads=loads)  # type: ignore[attr-defined]
+    ptransform.pickler = types.SimpleNamespace(dumps=dumps, loads=_loads)  # type: ignore[attr-defined]
     cls.__init__ = __init__  # type: ignore[method-assign]
-
 
 
 def _hand_over_worker_fns() -> None:
@@ -280,12 +283,7 @@ def _hand_over_worker_fns() -> None:
     def hand_over(o: Any, *args: Any, **kwargs: Any) -> _Unpickled:
         return _Unpickled(o)
 
-    def loads(data: Any, *args: Any, **kwargs: Any) -> Any:
-        if type(data) is _Unpickled:
-            return data.value
-        return pickler.loads(data, *args, **kwargs)
-
     # bundle_processor pickles only the specs of the operations it builds
     # (DoFns, window fns, combine fns); operations only unpickles specs.
-    bundle_processor.pickler = types.SimpleNamespace(dumps=hand_over, loads=loads)  # type: ignore[attr-defined]
-    operations.pickler = types.SimpleNamespace(dumps=pickler.dumps, loads=loads)  # type: ignore[attr-defined]
+    bundle_processor.pickler = types.SimpleNamespace(dumps=hand_over, loads=_loads)  # type: ignore[attr-defined]
+    operations.pickler = types.SimpleNamespace(dumps=pickler.dumps, loads=_loads)  # type: ignore[attr-defined]
