@@ -68,6 +68,7 @@ __all__ = [
     "warm_up",
     "run_file",
     "exit_process",
+    "finish_process",
     "WARM_MODULES",
     "NODE_GC_THRESHOLDS",
     "SCRIPT_MODULE",
@@ -340,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from conveyor import forkserver
 
         use_keras_2()  # before TensorFlow is imported, as `execute` would
-        return forkserver.serve(args.reply_fd, WARM_MODULES, run_file, exit_process)
+        return forkserver.serve(args.reply_fd, WARM_MODULES, run_file, finish_process)
     if args.serve == bool(args.invocation):
         parser.error("give either an invocation file or --serve")
     if not args.serve:
@@ -363,14 +364,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def exit_process(code: int) -> NoReturn:
     """Leave as soon as the result is written: the atexit functions run and
-    output is flushed, but the interpreter is not torn down, which with
-    TensorFlow and Beam loaded takes ~2 s of every node (and would wait for
-    a warm-up thread's last import, of no use now). tensorflow-io's S3
-    filesystem also aborts in that teardown (see `fs.exit_process`)."""
+    output is flushed (`finish_process`), but the interpreter is not torn
+    down, which with TensorFlow and Beam loaded takes ~2 s of every node
+    (and would wait for a warm-up thread's last import, of no use now).
+    tensorflow-io's S3 filesystem also aborts in that teardown (see
+    `fs.exit_process`)."""
+    finish_process()
+    os._exit(code)
+
+
+def finish_process() -> None:
+    """What a node's process does before `os._exit`: the atexit functions, then flush."""
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
 
 
 def run_file(invocation_path: str, result_path: str | None) -> int:

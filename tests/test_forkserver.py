@@ -137,3 +137,80 @@ def test_a_script_that_runs_its_pipeline_when_imported_is_told_to_guard_it(tmp_p
                             timeout=300, env={**os.environ, "PYTHONPATH": REPO})
     assert script.returncode == 0, script.stdout + script.stderr
     assert (tmp_path / "root" / "make" / "rows").exists()
+
+
+# A server whose one module to import blocks until the test releases it,
+# and a node that forks a process of its own, which notes its open files.
+BLOCKING_SERVER = textwrap.dedent(
+    """
+    import json, os, select, sys
+    from conveyor import forkserver
+
+    def run(invocation, result):
+        pid = os.fork()
+        if pid == 0:
+            fds = {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in map(int, os.listdir("/proc/self/fd"))
+                   if os.path.exists(f"/proc/self/fd/{fd}")}
+            with open(invocation + ".forked.json", "w") as f:
+                json.dump(fds, f)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        with open(result, "w") as f:
+            f.write("ok")
+        return 3
+
+    select.select([0], [], [])  # the request is there before the import starts
+    sys.exit(forkserver.serve(int(sys.argv[1]), ["blocker"], run, lambda: print("finished", flush=True)))
+    """
+)
+
+
+def _reply(stream, timeout: float = 60.0) -> dict:
+    import select
+
+    ready, _, _ = select.select([stream], [], [], timeout)
+    assert ready, "no answer from the fork server"
+    line = stream.readline()
+    assert line, "the fork server closed its pipe"
+    return json.loads(line)
+
+
+def test_a_node_says_it_is_done_itself_while_the_server_is_busy_importing(tmp_path):
+    release = tmp_path / "release"
+    (tmp_path / "blocker.py").write_text(
+        f"import os, time\nwhile not os.path.exists({str(release)!r}):\n    time.sleep(0.01)\n")
+    (tmp_path / "server.py").write_text(BLOCKING_SERVER)
+    read_end, write_end = os.pipe()
+    pipe = os.readlink(f"/proc/self/fd/{write_end}")
+    server = subprocess.Popen(
+        [sys.executable, str(tmp_path / "server.py"), str(write_end)], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, pass_fds=(write_end,), text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), REPO])})
+    os.close(write_end)
+    replies = os.fdopen(read_end, "r")
+    try:
+        invocation, result = tmp_path / "invocation.json", tmp_path / "result.json"
+        invocation.write_text("{}")
+        assert server.stdin is not None
+        server.stdin.write(json.dumps({"id": 7, "invocation": str(invocation), "result": str(result)}) + "\n")
+        server.stdin.flush()
+        forked = _reply(replies)
+        assert forked["id"] == 7
+        # The server is stuck in its import, so it cannot have reaped the
+        # child: this answer is the child's own, after its result and finish().
+        assert _reply(replies) == {"done": 7, "code": 3}
+        assert result.read_text() == "ok"
+        assert not release.exists()
+        # The process the node forked had no copy of the run's pipe.
+        opened = json.loads((tmp_path / "invocation.json.forked.json").read_text())
+        assert pipe not in opened.values(), opened
+        release.write_text("")
+        server.stdin.close()
+        assert _reply(replies) == {"pid": forked["pid"], "code": 3}  # the server's word, once it could reap
+        assert server.wait(timeout=60) == 0
+        assert server.stdout is not None and server.stdout.read() == "finished\n"
+    finally:
+        release.write_text("")
+        server.kill()
+        server.wait()
+        replies.close()
