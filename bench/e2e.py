@@ -3,6 +3,7 @@ data, back to back in this one invocation; then each one's fully cached re-run.
 
     .venv/bin/python bench/e2e.py               # examples/taxi/data (15,002 rows), 1,000 train / 150 eval steps
     .venv/bin/python bench/e2e.py --train-steps 100 --eval-steps 20
+    .venv/bin/python bench/e2e.py --repeat 3   # 2 more first-run pairs, order alternating; the median ratio
     .venv/bin/python bench/e2e.py --beam-arg=--direct_num_workers=2      # Beam flags for Conveyor
     .venv/bin/python bench/e2e.py --no-peer --launcher thread            # `conveyor run --launcher thread`
     .venv/bin/python bench/e2e.py --tfx-beam-arg=--direct_running_mode=multi_processing \\
@@ -17,6 +18,12 @@ memory is the RSS summed over the process tree (Beam workers included),
 sampled every 0.2 s. Without the TFX venv only Conveyor is measured: there is
 no stored TFX figure to fall back on.
 
+With `--repeat N`, N - 1 more pairs of first runs follow (fresh roots; TFX
+first in every other pair, so neither side always runs on a machine the
+other has just warmed up or slowed down), each pair's ratio is printed and
+the first-run target is judged on the median of the N ratios: on this kind
+of machine one pair's ratio moves by 10% from one invocation to the next.
+
 Target: Conveyor's first run takes <= 0.25x TFX's wall time; its cached re-run
 <= 0.10x TFX's cached re-run.
 """
@@ -27,6 +34,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -200,6 +208,42 @@ def _wall(runs: dict[str, Any], key: str) -> float | None:
     return runs[key].m.wall_s if key in runs else None
 
 
+def repeat_pairs(first: tuple[float, float], n: int, *, data_root: str, train_steps: int, eval_steps: int,
+                 beam_args: list[str], tfx_beam_args: list[str], work_dir: str,
+                 launcher: str | None = None) -> float:
+    """`n - 1` more first runs of both tools after `first` (Conveyor's and
+    TFX's wall seconds), TFX first in every other pair; prints every pair
+    and returns the median of the n ratios."""
+    python = tfx_python()
+    assert python is not None
+    pairs = [("Conveyor, TFX", *first)]
+    for i in range(2, n + 1):
+        order = ["tfx", "conveyor"] if i % 2 == 0 else ["conveyor", "tfx"]
+        walls: dict[str, float] = {}
+        for who in order:
+            root = tempfile.mkdtemp(prefix=f"{who}-taxi-", dir=work_dir)
+            print(f"pair {i}/{n}: running {'TFX' if who == 'tfx' else 'Conveyor'} (first run) ...", flush=True)
+            try:
+                if who == "tfx":
+                    run = run_tfx(python, data_root, root, train_steps, eval_steps, tfx_beam_args,
+                                  os.path.join(work_dir, f"tfx-pair{i}.stderr"))
+                else:
+                    run = run_conveyor(data_root, root, train_steps, eval_steps, beam_args,
+                                       os.path.join(work_dir, f"conveyor-pair{i}.stderr"), launcher=launcher)
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
+            walls[who] = run.m.wall_s
+            print(f"  {run.m.wall_s:.1f} s", flush=True)
+        pairs.append(("TFX, Conveyor" if order[0] == "tfx" else "Conveyor, TFX", walls["conveyor"], walls["tfx"]))
+    print("\nfirst runs, pair by pair (fresh roots; whole-process wall)")
+    print(f"{'pair':<6}{'order':<16}{'Conveyor':>10}{'TFX':>10}{'ratio':>10}")
+    ratios = []
+    for i, (order_name, ours, theirs) in enumerate(pairs, 1):
+        ratios.append(ours / theirs)
+        print(f"{i:<6}{order_name:<16}{ours:>8.1f} s{theirs:>8.1f} s{ours / theirs:>9.3f}x")
+    return statistics.median(ratios)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-steps", type=int, default=1000)
@@ -216,6 +260,8 @@ def main() -> int:
     parser.add_argument("--work-dir", default=os.path.join(BENCH_DIR, "e2e"),
                         help="pipeline roots and stderr logs go here")
     parser.add_argument("--keep", action="store_true", help="keep both pipeline roots")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="first-run pairs in all (default 1); with more, the target is judged on their median")
     parser.add_argument("--s3", action="store_true",
                         help="also run Conveyor with its root and data on s3:// (a moto server on loopback)")
     args = parser.parse_args()
@@ -230,8 +276,18 @@ def main() -> int:
         launcher=args.launcher,
     )
     print()
-    print(ratio_line("first run, whole-process wall", runs["conveyor_first"].m.wall_s, _wall(runs, "tfx_first"),
-                     f"<= {TARGET_FIRST:.2f}x", lambda r: r <= TARGET_FIRST))
+    if args.repeat > 1 and "tfx_first" in runs:
+        median = repeat_pairs(
+            (runs["conveyor_first"].m.wall_s, runs["tfx_first"].m.wall_s), args.repeat,
+            data_root=os.path.abspath(args.data_root), train_steps=args.train_steps, eval_steps=args.eval_steps,
+            beam_args=args.beam_args, tfx_beam_args=TFX_BEAM_ARGS if args.tfx_beam_args is None
+            else args.tfx_beam_args, work_dir=args.work_dir, launcher=args.launcher)
+        verdict = "MET" if median <= TARGET_FIRST else "MISSED"
+        print(f"\nfirst run, whole-process wall: Conveyor/TFX = {median:.3f}x, the median of {args.repeat} pairs "
+              f"(target <= {TARGET_FIRST:.2f}x): {verdict}")
+    else:
+        print(ratio_line("first run, whole-process wall", runs["conveyor_first"].m.wall_s,
+                         _wall(runs, "tfx_first"), f"<= {TARGET_FIRST:.2f}x", lambda r: r <= TARGET_FIRST))
     if "tfx_first" in runs:
         print(ratio_line("first run, peak RSS of the process tree", runs["conveyor_first"].m.peak_tree_kb,
                          runs["tfx_first"].m.peak_tree_kb))
