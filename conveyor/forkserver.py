@@ -13,11 +13,17 @@ group, without importing TensorFlow once per node.
 Forking is safe here because the server never runs a TensorFlow op, starts
 no thread of its own and touches no Beam or gRPC state: what the imports
 start (pyarrow's and jemalloc's threads) is fork-aware. The server imports
-module by module and checks for a request between two, so a node asked for
-early forks at once and imports the rest itself.
+module by module and checks for a request between two. A request names the
+modules its node needs (its component's `EXECUTOR_IMPORTS`): the server
+imports those of its own list first, then forks, and the child imports
+anything else it uses itself. The server imports more cheaply than a child: with the
+collector off, once for every later node, and Beam without the Google
+Cloud IO it re-exports (`launch._server_import`). So StatisticsGen, asked
+for while TensorFlow is being imported, waits for Beam and TFDV, not for
+tf.Transform and TFMA.
 
 Protocol: requests are JSON lines on the server's stdin,
-`{"id": N, "invocation": PATH, "result": PATH}`;
+`{"id": N, "invocation": PATH, "result": PATH, "needs": [MODULE, ...]}`;
 answers are JSON lines on the file descriptor named by `--reply-fd`:
 `{"id": N, "pid": PID}` from the server once the child is forked,
 `{"done": N, "code": CODE}` from the child itself once its result is
@@ -79,12 +85,16 @@ def die_with_parent() -> Callable[[], None] | None:
 
 
 def serve(reply_fd: int, modules: Sequence[str],
-          run: Callable[[str, str | None], int], finish: Callable[[], None]) -> int:
-    """The server's loop: import `modules` one by one while no request
-    waits; fork a child per request, which calls `run(invocation, result)`,
-    then `finish()` (what a process does before it leaves), says it is done
-    and exits; report children's pids and exit codes on `reply_fd`. Returns
-    once input has ended and every child has been reaped."""
+          run: Callable[[str, str | None], int], finish: Callable[[], None],
+          load: Callable[[str], object] = importlib.import_module) -> int:
+    """The server's loop: import `modules` one by one (`load(name)`) while
+    no request waits; per request, import those of `modules` it needs (no
+    other: what a module does when imported, such as starting threads,
+    could make the forks unsafe), then fork a child, which calls
+    `run(invocation, result)`, then `finish()` (what a process does before
+    it leaves), says it is done and exits; report children's pids and exit
+    codes on `reply_fd`. Returns once input has ended and every child has
+    been reaped."""
     reply = os.fdopen(reply_fd, "w", buffering=1, encoding="utf-8")
     # No collections here: importing the stack makes ~1M long-lived objects
     # and ~5k of garbage, and the collector's passes over them took ~1 s of
@@ -102,7 +112,7 @@ def serve(reply_fd: int, modules: Sequence[str],
         ready, _, _ = select.select(watched, [], [], 0 if pending else None)
         if not ready and pending:
             try:
-                importlib.import_module(pending.pop(0))
+                load(pending.pop(0))
             except ImportError:
                 pass  # not installed: the executor that needs it reports it
             continue
@@ -123,6 +133,13 @@ def serve(reply_fd: int, modules: Sequence[str],
                 if not line.strip():
                     continue
                 request = json.loads(line)
+                for name in request.get("needs", ()):
+                    if name in pending:
+                        pending.remove(name)
+                        try:
+                            load(name)
+                        except ImportError:
+                            pass  # not installed: the executor reports it
                 # Out of the collector's sight: a child's collections would
                 # otherwise write to every object the imports made, copying
                 # the pages it shares with this process (hundreds of MB).
@@ -233,10 +250,12 @@ class ForkServer:
                                             daemon=True)
             self._reader.start()
 
-    def run(self, invocation_json: str, log_file: str = "") -> tuple[int | None, str | None, str]:
-        """Run one invocation (its JSON) in a forked child and wait for it:
-        (exit code or None if the server died, the result's JSON or None,
-        the end of what the child and the server wrote, for errors)."""
+    def run(self, invocation_json: str, log_file: str = "",
+            needs: Sequence[str] = ()) -> tuple[int | None, str | None, str]:
+        """Run one invocation (its JSON) in a forked child, once the server
+        has imported the modules it `needs`, and wait for it: (exit code or
+        None if the server died, the result's JSON or None, the end of what
+        the child and the server wrote, for errors)."""
         self.start()
         scratch = tempfile.mkdtemp(prefix="conveyor-node-", dir=self._scratch)
         try:
@@ -247,7 +266,8 @@ class ForkServer:
                     raise RuntimeError("the run was stopped")
                 self._next_id += 1
                 request = self._requests[self._next_id] = _Request(self._next_id)
-                line = json.dumps({"id": self._next_id, "invocation": request_path, "result": result_path})
+                line = json.dumps({"id": self._next_id, "invocation": request_path, "result": result_path,
+                                   "needs": list(needs)})
                 assert self._proc is not None and self._proc.stdin is not None
                 try:
                     self._proc.stdin.write((line + "\n").encode())

@@ -276,6 +276,17 @@ def warm_up(modules: Sequence[str] = WARM_MODULES, stop: threading.Event | None 
             pass
 
 
+def _server_import(name: str) -> object:
+    """How the fork server, a process of one thread, imports a module of
+    WARM_MODULES: Beam without the Google Cloud IO it re-exports, until a
+    node uses it (`beam_tuning.import_beam`)."""
+    if name == "apache_beam":
+        from conveyor.components import beam_tuning
+
+        beam_tuning.import_beam()
+    return importlib.import_module(name)
+
+
 class _WarmUp:
     """`warm_up` in a thread of the lowest priority, so a process waiting
     for its node takes only CPU time the running nodes leave idle. The
@@ -341,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from conveyor import forkserver
 
         use_keras_2()  # before TensorFlow is imported, as `execute` would
-        return forkserver.serve(args.reply_fd, WARM_MODULES, run_file, finish_process)
+        return forkserver.serve(args.reply_fd, WARM_MODULES, run_file, finish_process, load=_server_import)
     if args.serve == bool(args.invocation):
         parser.error("give either an invocation file or --serve")
     if not args.serve:

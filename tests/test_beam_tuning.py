@@ -198,3 +198,40 @@ def test_worker_sets_up_each_dofn_from_one_unpickling(monkeypatch):
     # Beam's worker: from the proto, then its spec (operation built, set up,
     # asked for performance hints).
     assert unpicklings() == 4
+
+
+LAZY_GCP_IO = """
+import json, sys
+from conveyor.components import beam_tuning
+lazy = sys.argv[1] == "lazy"
+if lazy:
+    beam_tuning.import_beam()
+import apache_beam as beam
+loaded_at_import = "google.cloud.bigquery" in sys.modules
+read = beam.io.ReadFromBigQuery  # the first use of a deferred name imports them
+from apache_beam.io import WriteToPubSub, gcsio  # noqa: F401
+import apache_beam.io.gcp.bigquery as bigquery
+print(json.dumps({"loaded_at_import": loaded_at_import, "same": read is bigquery.ReadFromBigQuery,
+                  "names": sorted(n for n in vars(beam.io) if not n.startswith("_")),
+                  "hook_left": "__getattr__" in vars(beam.io),
+                  "missing": not hasattr(beam.io, "NoSuchTransform")}))
+"""
+
+
+def _beam_io_seen(how: str) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", LAZY_GCP_IO, how], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": repo}, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_beam_imported_by_the_fork_server_defers_google_cloud_io_to_its_first_use():
+    lazy, eager = _beam_io_seen("lazy"), _beam_io_seen("eager")
+    assert eager["loaded_at_import"] and not lazy["loaded_at_import"]
+    assert lazy["same"] and lazy["missing"] and not lazy["hook_left"]
+    assert lazy["names"] == eager["names"] and "ReadFromBigQuery" in lazy["names"]

@@ -139,14 +139,18 @@ def test_a_script_that_runs_its_pipeline_when_imported_is_told_to_guard_it(tmp_p
     assert (tmp_path / "root" / "make" / "rows").exists()
 
 
-# A server whose one module to import blocks until the test releases it,
-# and a node that forks a process of its own, which notes its open files.
+# A server with two modules to import, the second of which blocks until the
+# test releases it, and a node that says which modules it found imported,
+# then forks a process of its own, which notes its open files.
 BLOCKING_SERVER = textwrap.dedent(
     """
     import json, os, select, sys
     from conveyor import forkserver
 
     def run(invocation, result):
+        with open(invocation + ".modules.json", "w") as f:
+            json.dump({name: getattr(sys.modules.get(name), "PID", None) for name in ("needed", "stranger", "blocker")}
+                      | {"server": os.getppid()}, f)
         pid = os.fork()
         if pid == 0:
             fds = {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in map(int, os.listdir("/proc/self/fd"))
@@ -160,7 +164,7 @@ BLOCKING_SERVER = textwrap.dedent(
         return 3
 
     select.select([0], [], [])  # the request is there before the import starts
-    sys.exit(forkserver.serve(int(sys.argv[1]), ["blocker"], run, lambda: print("finished", flush=True)))
+    sys.exit(forkserver.serve(int(sys.argv[1]), ["needed", "blocker"], run, lambda: print("finished", flush=True)))
     """
 )
 
@@ -178,7 +182,9 @@ def _reply(stream, timeout: float = 60.0) -> dict:
 def test_a_node_says_it_is_done_itself_while_the_server_is_busy_importing(tmp_path):
     release = tmp_path / "release"
     (tmp_path / "blocker.py").write_text(
-        f"import os, time\nwhile not os.path.exists({str(release)!r}):\n    time.sleep(0.01)\n")
+        f"import os, time\nPID = os.getpid()\nwhile not os.path.exists({str(release)!r}):\n    time.sleep(0.01)\n")
+    for name in ("needed", "stranger"):
+        (tmp_path / f"{name}.py").write_text("import os\nPID = os.getpid()\n")
     (tmp_path / "server.py").write_text(BLOCKING_SERVER)
     read_end, write_end = os.pipe()
     pipe = os.readlink(f"/proc/self/fd/{write_end}")
@@ -192,7 +198,8 @@ def test_a_node_says_it_is_done_itself_while_the_server_is_busy_importing(tmp_pa
         invocation, result = tmp_path / "invocation.json", tmp_path / "result.json"
         invocation.write_text("{}")
         assert server.stdin is not None
-        server.stdin.write(json.dumps({"id": 7, "invocation": str(invocation), "result": str(result)}) + "\n")
+        server.stdin.write(json.dumps({"id": 7, "invocation": str(invocation), "result": str(result),
+                                       "needs": ["needed", "stranger"]}) + "\n")
         server.stdin.flush()
         forked = _reply(replies)
         assert forked["id"] == 7
@@ -201,6 +208,10 @@ def test_a_node_says_it_is_done_itself_while_the_server_is_busy_importing(tmp_pa
         assert _reply(replies) == {"done": 7, "code": 3}
         assert result.read_text() == "ok"
         assert not release.exists()
+        # What the node needs of the server's list was imported by the server
+        # before the fork; a need not on its list is left to the node.
+        seen = json.loads((tmp_path / "invocation.json.modules.json").read_text())
+        assert seen == {"needed": seen["server"], "stranger": None, "blocker": None, "server": seen["server"]}, seen
         # The process the node forked had no copy of the run's pipe.
         opened = json.loads((tmp_path / "invocation.json.forked.json").read_text())
         assert pipe not in opened.values(), opened

@@ -34,7 +34,7 @@ from conveyor.components.schema_gen import ImportSchemaGen
 from conveyor.components.statistics_gen import StatsOptions
 from conveyor.components.trainer import EvalArgs, TrainArgs
 from conveyor.components.transform import SplitsConfig
-from conveyor.launch import Invocation, InvocationResult, execute
+from conveyor.launch import WARM_MODULES, Invocation, InvocationResult, execute
 from conveyor.pipeline import driver
 from conveyor.pipeline.dsl import Channel, from_jsonable, to_jsonable
 from tests.examples import example_dir, load_example
@@ -118,6 +118,15 @@ def test_every_components_params_round_trip_through_json():
         assert type(back) is type(c.params), c.id
         assert to_jsonable(back) == as_json, c.id
         assert _types(back) == _types(c.params), c.id
+
+
+def test_what_every_standard_executor_needs_imported_is_on_the_fork_servers_list():
+    # A need the server does not import itself is left to the node: it
+    # would be imported late, in the node's process, with no warning.
+    needs = {type(c).__name__: type(c).EXECUTOR_IMPORTS for c in _every_component()}
+    assert needs["StatisticsGen"] and needs["Transform"] and needs["Evaluator"]
+    for kind, modules in needs.items():
+        assert set(modules) <= set(WARM_MODULES), kind
 
 
 def test_round_trip_restores_dataclasses_enums_and_protos():

@@ -15,17 +15,24 @@ second time as a stage is set up, only to unpickle it in the same process.
 computes; `ExecutionContext.beam_pipeline()` and Beam workers
 (`conveyor.beam_worker`) call it. Each change keeps Beam's own function
 for any case it does not cover.
+
+`import_beam()` is for a process that has not imported Beam yet and runs
+one thread (the fork server): `import apache_beam` without the Google Cloud
+IO modules that `apache_beam.io` imports only to re-export their names,
+which are imported at the first use of one of those names instead.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import sys
 import threading
 import types
 import weakref
 from typing import Any
 
-__all__ = ["apply"]
+__all__ = ["apply", "import_beam"]
 
 _APPLIED = False
 _LOCK = threading.Lock()
@@ -33,6 +40,70 @@ _MISSING = object()
 # A sampling period of 1 ms: Beam's default ramps a sleep from 2 ms up to
 # 200 ms, and a bundle's end waits for the sampler thread's current sleep.
 STATE_SAMPLING_PERIOD_MS = 1
+
+
+# What apache_beam/io/__init__.py star-imports in one `try` (names and all)
+# for the names `beam.io.ReadFromBigQuery`, `beam.io.WriteToPubSub`, ...:
+# the BigQuery and Pub/Sub IO with their client libraries are 0.36 s of the
+# 0.6 s an `import apache_beam` takes once TensorFlow is imported.
+_GCP_IO = ("apache_beam.io.gcp.bigquery", "apache_beam.io.gcp.pubsub", "apache_beam.io.gcp.gcsio",
+           "apache_beam.transforms.xlang.io")
+# Bound by name rather than star-imported (`from apache_beam.io.gcp import gcsio`).
+_GCP_IO_BY_NAME = {"apache_beam.io.gcp.gcsio"}
+_GCP_IO_LOCK = threading.RLock()
+_GCP_IO_LOADING: list[bool] = []  # non-empty while the thread holding the lock imports them
+
+
+def import_beam() -> None:
+    """`import apache_beam`, deferring the Google Cloud IO modules
+    `apache_beam.io` imports only for their names (`_GCP_IO`) to the first
+    look-up of a name `apache_beam.io` lacks, which imports them as Beam
+    would have and finds it there. Importing one of them directly works as
+    ever. For a process of one thread: while Beam is imported, importing
+    the first of them fails, as Beam's `try` expects of a missing client
+    library. Does nothing once Beam is imported."""
+    if "apache_beam" in sys.modules:
+        return
+    first = _GCP_IO[0]
+    sys.modules[first] = None  # type: ignore[assignment]  # `import` raises ImportError for it
+    try:
+        import apache_beam  # noqa: F401
+    finally:
+        if first in sys.modules and sys.modules[first] is None:
+            del sys.modules[first]
+    io = sys.modules["apache_beam.io"]
+    if not any(name in io.__dict__ for name in ("ReadFromBigQuery", "gcsio")):
+        io.__getattr__ = _gcp_io_attribute  # type: ignore[attr-defined]  # PEP 562
+
+
+def _gcp_io_attribute(name: str) -> Any:
+    """`apache_beam.io`'s module `__getattr__` (see `import_beam`): the
+    first look-up of a public name it lacks binds the deferred names, then
+    the hook goes."""
+    io = sys.modules["apache_beam.io"]
+    if not name.startswith("_"):
+        with _GCP_IO_LOCK:  # re-entered if the modules look up such a name while they load
+            if io.__dict__.get("__getattr__") is _gcp_io_attribute and not _GCP_IO_LOADING:
+                _GCP_IO_LOADING.append(True)
+                try:  # as Beam's `try`: in order, up to the first that fails
+                    for module_name in _GCP_IO:
+                        module = importlib.import_module(module_name)
+                        if module_name in _GCP_IO_BY_NAME:
+                            io.__dict__[module_name.rpartition(".")[2]] = module
+                            continue
+                        names = getattr(module, "__all__", None)
+                        if names is None:
+                            names = [n for n in vars(module) if not n.startswith("_")]
+                        for n in names:
+                            io.__dict__[n] = getattr(module, n)
+                except ImportError:
+                    pass
+                finally:
+                    del io.__dict__["__getattr__"]
+                    _GCP_IO_LOADING.clear()
+        if name in io.__dict__:
+            return io.__dict__[name]
+    raise AttributeError(f"module 'apache_beam.io' has no attribute {name!r}")
 
 
 def apply() -> None:

@@ -185,6 +185,7 @@ class Evaluator(Component):
     OUTPUTS = {"evaluation": ModelEvaluation, "blessing": ModelBlessing}
     Params = EvaluatorParams
     EXECUTOR = "conveyor.components.evaluator:run"
+    EXECUTOR_IMPORTS = ("tensorflow_model_analysis",)
     USES_BEAM = True
 
     def check(self) -> None:

@@ -59,6 +59,7 @@ class ExampleValidator(Component):
     OUTPUTS = {"anomalies": ExampleAnomalies}
     Params = ExampleValidatorParams
     EXECUTOR = "conveyor.components.example_validator:run"
+    EXECUTOR_IMPORTS = ("tensorflow_data_validation",)
 
 
 def describe_anomalies(anomalies: Any, max_chars: int | None = 240) -> list[str]:

@@ -55,6 +55,7 @@ class StatisticsGen(Component):
     OUTPUTS = {"statistics": ExampleStatistics}
     Params = StatisticsGenParams
     EXECUTOR = "conveyor.components.statistics_gen:run"
+    EXECUTOR_IMPORTS = ("apache_beam", "tensorflow_data_validation")
     USES_BEAM = True
 
     def check(self) -> None:

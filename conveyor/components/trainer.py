@@ -65,6 +65,8 @@ class Trainer(Component):
     OUTPUTS = {"model": Model, "model_run": ModelRun}
     Params = TrainerParams
     EXECUTOR = "conveyor.components.trainer:run"
+    # What a run_fn written for TFX imports; the DataAccessor reads with tfx_bsl.
+    EXECUTOR_IMPORTS = ("tensorflow_transform", "tf_keras", "tfx_bsl.public.tfxio")
     CODE_PARAMS = ("module_file",)
     IMPORT_PATH_PARAMS = ("run_fn",)
 

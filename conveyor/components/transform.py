@@ -79,6 +79,7 @@ class Transform(Component):
     }
     Params = TransformParams
     EXECUTOR = "conveyor.components.transform:run"
+    EXECUTOR_IMPORTS = ("apache_beam", "tensorflow_transform.beam", "tfx_bsl.public.tfxio")
     USES_BEAM = True
     CODE_PARAMS = ("module_file",)
     IMPORT_PATH_PARAMS = ("preprocessing_fn",)

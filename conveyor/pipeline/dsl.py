@@ -82,6 +82,11 @@ class Component:
     # Parameters that name user code by import path ('package.module.function');
     # the module's file is hashed like a module file.
     IMPORT_PATH_PARAMS: ClassVar[tuple[str, ...]] = ()
+    # The slow-to-import modules EXECUTOR needs (e.g. "tensorflow_data_validation").
+    # The fork server imports them before it forks the node's process, once,
+    # the cheaper way it can (see conveyor.forkserver), rather than let the
+    # node import them itself.
+    EXECUTOR_IMPORTS: ClassVar[tuple[str, ...]] = ()
     # "executor" nodes run EXECUTOR in a worker; "resolver" nodes are answered
     # from MLMD by the orchestrator (see conveyor.components.resolver).
     KIND: ClassVar[str] = "executor"

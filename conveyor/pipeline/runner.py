@@ -488,7 +488,7 @@ class LocalRunner:
         `python -m conveyor.launch` (`first`: the node's first attempt)."""
         try:
             if self._forks is not None:
-                return _launch_forked(invocation, self._forks)
+                return _launch_forked(invocation, self._forks, cls.EXECUTOR_IMPORTS)
             if self.launcher == "process":
                 assert self._launchers is not None
                 return _launch_in_child(invocation, self._launchers, self._children, queued=first)
@@ -803,9 +803,11 @@ def _launch_in_child(invocation: Invocation, launchers: _Launchers, children: _C
         shutil.rmtree(launcher.scratch, ignore_errors=True)
 
 
-def _launch_forked(invocation: Invocation, forks: forkserver.ForkServer) -> InvocationResult:
-    """The invocation run by a child of the run's fork server."""
-    code, result, tail = forks.run(invocation.to_json(), invocation.log_file)
+def _launch_forked(invocation: Invocation, forks: forkserver.ForkServer,
+                   needs: tuple[str, ...] = ()) -> InvocationResult:
+    """The invocation run by a child of the run's fork server, forked once
+    the server has imported what the executor `needs`."""
+    code, result, tail = forks.run(invocation.to_json(), invocation.log_file, needs)
     if result:
         return InvocationResult.from_json(result)
     how = "was lost with the fork server" if code is None else f"exited with code {code}"

@@ -102,6 +102,7 @@ class CsvExampleGen(_ExampleGen):
 
     Params = CsvExampleGenParams
     EXECUTOR = "conveyor.components.example_gen:run_csv"
+    EXECUTOR_IMPORTS = ("apache_beam", "pyarrow.csv", "pyarrow.parquet")
 
     def check(self) -> None:
         super().check()
@@ -122,6 +123,7 @@ class ImportExampleGen(_ExampleGen):
 
     Params = ImportExampleGenParams
     EXECUTOR = "conveyor.components.example_gen:run_import"
+    EXECUTOR_IMPORTS = ("apache_beam", "pyarrow.parquet")
 
     def check(self) -> None:
         super().check()
