@@ -233,7 +233,8 @@ def repeat_pairs(first: tuple[float, float], n: int, *, data_root: str, train_st
             finally:
                 shutil.rmtree(root, ignore_errors=True)
             walls[who] = run.m.wall_s
-            print(f"  {run.m.wall_s:.1f} s", flush=True)
+            nodes = ", ".join(f"{name} {seconds:.1f}" for name, _, seconds in run.nodes.values() if seconds is not None)
+            print(f"  {run.m.wall_s:.1f} s ({nodes})", flush=True)
         pairs.append(("TFX, Conveyor" if order[0] == "tfx" else "Conveyor, TFX", walls["conveyor"], walls["tfx"]))
     print("\nfirst runs, pair by pair (fresh roots; whole-process wall)")
     print(f"{'pair':<6}{'order':<16}{'Conveyor':>10}{'TFX':>10}{'ratio':>10}")
