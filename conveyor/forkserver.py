@@ -102,6 +102,14 @@ def serve(reply_fd: int, modules: Sequence[str],
     # turns the collector back on.
     gc.disable()
     pending = list(modules)
+
+    def warm(name: str) -> None:
+        pending.remove(name)
+        try:
+            load(name)
+        except ImportError:
+            pass  # not installed: the executor that needs it reports it
+
     children: dict[int, int] = {}  # pidfd -> pid
     buffered = b""
     ended = False
@@ -111,10 +119,7 @@ def serve(reply_fd: int, modules: Sequence[str],
         watched = ([] if ended else [0]) + list(children)
         ready, _, _ = select.select(watched, [], [], 0 if pending else None)
         if not ready and pending:
-            try:
-                load(pending.pop(0))
-            except ImportError:
-                pass  # not installed: the executor that needs it reports it
+            warm(pending[0])
             continue
         for fd in ready:
             if fd != 0:
@@ -135,11 +140,7 @@ def serve(reply_fd: int, modules: Sequence[str],
                 request = json.loads(line)
                 for name in request.get("needs", ()):
                     if name in pending:
-                        pending.remove(name)
-                        try:
-                            load(name)
-                        except ImportError:
-                            pass  # not installed: the executor reports it
+                        warm(name)
                 # Out of the collector's sight: a child's collections would
                 # otherwise write to every object the imports made, copying
                 # the pages it shares with this process (hundreds of MB).
