@@ -276,11 +276,16 @@ def warm_up(modules: Sequence[str] = WARM_MODULES, stop: threading.Event | None 
             pass
 
 
+# WARM_MODULES that do not import Beam.
+_BEFORE_BEAM = WARM_MODULES[:WARM_MODULES.index("apache_beam")]
+
+
 def _server_import(name: str) -> object:
     """How the fork server, a process of one thread, imports a module of
-    WARM_MODULES: Beam without the Google Cloud IO it re-exports, until a
-    node uses it (`beam_tuning.import_beam`)."""
-    if name == "apache_beam":
+    WARM_MODULES: Beam, whichever module brings it in first (a node's needs
+    may come before Beam's turn), without the Google Cloud IO it
+    re-exports, until a node uses it (`beam_tuning.import_beam`)."""
+    if name not in _BEFORE_BEAM:
         from conveyor.components import beam_tuning
 
         beam_tuning.import_beam()
