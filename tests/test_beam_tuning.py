@@ -238,3 +238,116 @@ def test_beam_imported_by_the_fork_server_defers_google_cloud_io_to_its_first_us
     assert eager["loaded_at_import"] and not lazy["loaded_at_import"]
     assert lazy["same"] and lazy["missing"] and not lazy["hook_left"] and lazy["pubsub"]
     assert lazy["names"] == eager["names"] and "ReadFromBigQuery" in lazy["names"]
+
+
+def _pardo_payloads(proto) -> list[bytes]:
+    from apache_beam.portability import common_urns
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    payloads = []
+    for transform in proto.components.transforms.values():
+        if transform.spec.urn == common_urns.primitives.PAR_DO.urn:
+            pardo = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
+            payloads.append(pardo.do_fn.payload)
+    return payloads
+
+
+def test_pickles_stay_uncompressed_only_for_a_runner_in_this_process(monkeypatch):
+    from apache_beam.internal import dill_pickler, pickler
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.transforms import environments
+
+    seen = []
+    original = fn_runner.FnApiRunner.run_via_runner_api
+
+    def run_via_runner_api(self, pipeline_proto, options):
+        seen.append(pipeline_proto)
+        return original(self, pipeline_proto, options)
+
+    monkeypatch.setattr(fn_runner.FnApiRunner, "run_via_runner_api", run_via_runner_api)
+    for mode in ("in_memory", "multi_threading"):
+        seen.clear()
+        with beam.Pipeline(options=PipelineOptions([f"--direct_running_mode={mode}"])) as p:
+            doubled = p | beam.Create([1, 2]) | beam.ParDo(CountsUnpickling())
+            assert_that(doubled, equal_to([2, 4]))
+        payloads = _pardo_payloads(seen[0])
+        assert payloads and all(b.startswith(beam_tuning._IN_PROCESS) for b in payloads), mode
+        assert payloads[0].decode("ascii")  # some of Beam's callers decode a pickle as ASCII
+        # Beam's own pickles (bz2 in base64) are not mistaken for them.
+        fn = pickler.loads(payloads[-1])
+        assert pickler.loads(dill_pickler.dumps.beam_original(fn)) is not fn
+
+    # A proto for a worker in another process, or for no runner: Beam's pickles.
+    p = beam.Pipeline()
+    _ = p | beam.Create([1]) | beam.ParDo(CountsUnpickling())
+    for environment in (environments.ExternalEnvironment("localhost:1"), None):
+        payloads = _pardo_payloads(p.to_runner_api(default_environment=environment))
+        assert payloads and not any(b.startswith(beam_tuning._IN_PROCESS) for b in payloads)
+        assert all(dill_pickler.loads.beam_original(b) for b in payloads)
+
+
+def test_cached_state_is_weighed_as_beam_weighs_it_without_rescanning_modules(monkeypatch):
+    import json
+    import sys
+    import types
+
+    import objsize
+    import objsize.traverse
+    from apache_beam.runners.worker import statecache
+
+    scans = []
+    iter_modules_globals = objsize.traverse._iter_modules_globals
+    monkeypatch.setattr(objsize.traverse, "_iter_modules_globals",
+                        lambda: scans.append(1) or iter_modules_globals())
+
+    def weights(*values) -> tuple[list[int], int]:
+        scans.clear()
+        return [statecache.get_deep_size(v) for v in values], len(scans)
+
+    fresh = types.ModuleType("conveyor_test_fresh_module")
+    fresh.big = list(range(10_000))
+    values = (["a" * 100], {"k": [1, 2, 3], "none": None}, (b"x" * 1000, None), Plain(), [vars(json)],
+              [statecache.get_deep_size], [vars(fresh)])
+    ours, our_scans = weights(*values)
+    with monkeypatch.context() as m:
+        m.setattr(statecache, "objsize", objsize)
+        beams, beam_scans = weights(*values)
+    assert (our_scans, beam_scans) == (0, len(values))
+    # A module's dict counts unless the module is loaded: after an import, the
+    # exclusions are collected again.
+    assert ours == beams and ours[-1] > 10_000 * 28
+    monkeypatch.setitem(sys.modules, fresh.__name__, fresh)
+    ours, _ = weights(*values)
+    with monkeypatch.context() as m:
+        m.setattr(statecache, "objsize", objsize)
+        beams, _ = weights(*values)
+    assert ours == beams and ours[-1] < 1_000
+
+
+class YieldsAndReturns(beam.DoFn):
+    def process(self, element):
+        if element:
+            return [element]
+        yield element
+
+
+def test_process_source_is_read_once_per_function_and_still_warned_about(monkeypatch, caplog):
+    import inspect as inspect_module
+
+    fns = [Plain(), YieldsAndReturns(), Plain(), YieldsAndReturns(), beam.Map(len).fn, beam.Map(abs).fn]
+    reads = []
+    getsourcelines = inspect_module.getsourcelines
+    monkeypatch.setattr(inspect_module, "getsourcelines", lambda f: reads.append(f) or getsourcelines(f))
+    with caplog.at_level(logging.WARNING, logger=core.__name__):
+        answers = [core._check_fn_use_yield_and_return(fn.process) for fn in fns]
+    assert answers == [False, True, False, True, False, False]
+    assert len(reads) == 2  # Plain.process, YieldsAndReturns.process; Map's wrapper was read when built
+    ours = [r.getMessage() for r in caplog.records]
+    caplog.clear()
+    reads.clear()
+    monkeypatch.setattr(core, "_get_function_body_without_inners",
+                        core._get_function_body_without_inners.beam_original)
+    with caplog.at_level(logging.WARNING, logger=core.__name__):
+        assert [core._check_fn_use_yield_and_return(fn.process) for fn in fns] == answers
+    assert len(reads) == len(fns)
+    assert [r.getMessage() for r in caplog.records] == ours
