@@ -148,6 +148,40 @@ def test_data_accessor_reads_raw_parquet_examples():
     assert sum(b.num_rows for b in record_batches) == rows
 
 
+def _rows(accessor, pattern, schema, **options) -> list[list[tuple]]:
+    """Each batch's rows as (trip_start_timestamp, fare, trip_seconds)."""
+    dataset = accessor.tf_dataset_factory(
+        [pattern], tfxio.TensorFlowDatasetOptions(batch_size=64, **options), schema)
+    keys = ("trip_start_timestamp", "fare", "trip_seconds")
+    batches = []
+    for features in dataset:
+        columns = [tf.sparse.to_dense(features[k]) if isinstance(features[k], tf.SparseTensor) else features[k]
+                   for k in keys]
+        batches.append([tuple(row) for row in np.concatenate([c.numpy().reshape(-1, 1) for c in columns], 1)])
+    return batches
+
+
+def test_data_accessor_shuffles_rows_in_blocks_of_the_buffer_and_anew_each_pass():
+    examples = taxi_examples()
+    schema = schema_lib.load(taxi_schema().uri)
+    accessor = DataAccessor(examples.get("file_format"))
+    pattern = os.path.join(examples.uri, "Split-eval", "data-*.parquet")
+    rows = json.loads(examples.get("row_counts"))["eval"]
+    in_order = [r for b in _rows(accessor, pattern, schema, num_epochs=1, shuffle=False) for r in b]
+    assert len(in_order) == rows
+    two = _rows(accessor, pattern, schema, num_epochs=2, shuffle_seed=7, shuffle_buffer_size=1000)
+    assert [len(b) for b in two] == [64] * (2 * rows // 64) + ([2 * rows % 64] if 2 * rows % 64 else [])
+    flat = [r for b in two for r in b]
+    first, second = flat[:rows], flat[rows:]
+    assert sorted(first) == sorted(second) == sorted(in_order)  # every row once per pass
+    assert first != in_order and second != first  # shuffled, and differently each pass
+    # Within a block of the buffer's size: the first 1,000 rows are the file's first 1,000.
+    assert sorted(first[:1000]) == sorted(in_order[:1000])
+    assert _rows(accessor, pattern, schema, num_epochs=2, shuffle_seed=7, shuffle_buffer_size=1000) == two
+    other_seed = _rows(accessor, pattern, schema, num_epochs=1, shuffle_seed=8, shuffle_buffer_size=1000)
+    assert [r for b in other_seed for r in b] != first
+
+
 def test_penguin_transform_and_trainer(tmp_path):
     examples = load_artifact(Examples, os.path.join(PENGUIN, "example_gen"), "examples")
     schema = Schema(os.path.join(PENGUIN, "schema_gen", "schema"))

@@ -29,6 +29,9 @@ class DataAccessor:
     `record_batch_factory(file_pattern, options, schema)` returns an iterator
     of `pyarrow.RecordBatch` (list-shaped columns, as tf.Example gives).
     `options` are tfx_bsl's `TensorFlowDatasetOptions` / `RecordBatchesOptions`.
+    Parquet rows are shuffled in blocks of `shuffle_buffer_size` consecutive
+    rows, each block permuted anew on each pass (tfx_bsl's tf.Example
+    datasets draw from a sliding buffer of that size instead).
 
     The datasets come with tf.data's autotuning off (`Options.autotune`):
     with it on, TensorFlow 2.16 destroys an iterator (Keras does at the end
@@ -123,6 +126,10 @@ def _without_autotune(dataset: Any) -> Any:
 # -- Parquet ---------------------------------------------------------------------
 
 
+# Rows per block read without shuffling (and per Parquet read when shuffling).
+_UNSHUFFLED_BLOCK_ROWS = 1024
+
+
 def _patterns(file_pattern: str | Sequence[str]) -> list[str]:
     return [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
 
@@ -169,7 +176,15 @@ def _parquet_record_batches(patterns: list[str], options: Any, schema: Any) -> I
 
 def _parquet_dataset(patterns: list[str], options: Any, schema: Any) -> Any:
     """A tf.data.Dataset over Parquet example files, shaped like tfx_bsl's
-    TensorFlowDataset for tf.Example files."""
+    TensorFlowDataset for tf.Example files.
+
+    Rows are shuffled in blocks of `shuffle_buffer_size` rows read in file
+    order (a permutation of each block, new for each pass over the data,
+    reproducible given `shuffle_seed`), and the blocks are cut into batches
+    with `rebatch`: tf.data's row-by-row unbatch, shuffle and batch cost
+    ~1 ms of CPU per batch of 40 (1.0 s against 0.3 s for the 1,000 steps
+    of the taxi example), beside the training loop."""
+    import numpy as np
     import pyarrow as pa
     import tensorflow as tf
     from tfx_bsl.public import tfxio
@@ -182,23 +197,42 @@ def _parquet_dataset(patterns: list[str], options: Any, schema: Any) -> Any:
     if options.label_key is not None and options.label_key not in type_specs:
         raise ValueError(f"label_key {options.label_key!r} is not a feature of the schema: "
                          f"{sorted(type_specs)}")
-    # Rows are read once and batched by tf.data, so shuffling and batch sizes
-    # behave as with tf.Example files.
-    rows = 1024
+    shuffle = bool(options.shuffle)
+    block_rows = max(int(options.shuffle_buffer_size), 1) if shuffle else _UNSHUFFLED_BLOCK_ROWS
+    passes = iter(range(1 << 62))  # one per iteration of the generator: each pass reshuffles
+
+    def blocks(rng: Any) -> Iterator[Any]:
+        pending: list[Any] = []
+        rows = 0
+        for batch in _parquet_list_batches(files, arrow_schema, min(block_rows, _UNSHUFFLED_BLOCK_ROWS)):
+            pending.append(batch)
+            rows += batch.num_rows
+            if rows >= block_rows:
+                yield block_of(pending, rng)
+                pending, rows = [], 0
+        if pending:
+            yield block_of(pending, rng)
+
+    def block_of(batches: list[Any], rng: Any) -> Any:
+        table = pa.Table.from_batches(batches, schema=arrow_schema)
+        if rng is not None:
+            table = table.take(rng.permutation(table.num_rows))
+        return table.combine_chunks().to_batches()[0]  # batches hold rows: never empty
 
     def generate() -> Iterator[dict[str, Any]]:
-        for batch in _parquet_list_batches(files, arrow_schema, rows):
-            yield adapter.ToBatchTensors(pa.RecordBatch.from_arrays(batch.columns, schema=arrow_schema))
+        rng = None
+        if shuffle:
+            seed = None if options.shuffle_seed is None else (int(options.shuffle_seed), next(passes))
+            rng = np.random.default_rng(seed)
+        for block in blocks(rng):
+            yield adapter.ToBatchTensors(block)
 
     dataset = tf.data.Dataset.from_generator(generate, output_signature=type_specs)
-    dataset = dataset.unbatch()
-    if options.shuffle:
-        dataset = dataset.shuffle(options.shuffle_buffer_size, seed=options.shuffle_seed)
     if options.num_epochs is not None:
         dataset = dataset.repeat(options.num_epochs)
     else:
         dataset = dataset.repeat()
-    dataset = dataset.batch(options.batch_size, drop_remainder=options.drop_final_batch)
+    dataset = dataset.rebatch(options.batch_size, drop_remainder=options.drop_final_batch)
     if options.label_key is not None:
         label_key = options.label_key
 
