@@ -251,6 +251,12 @@ class ForkServer:
                                             daemon=True)
             self._reader.start()
 
+    @property
+    def returncode(self) -> int | None:
+        """The server's exit status once it has ended (negative: the signal
+        that ended it), else None."""
+        return self._proc.returncode if self._proc is not None else None
+
     def run(self, invocation_json: str, log_file: str = "",
             needs: Sequence[str] = ()) -> tuple[int | None, str | None, str]:
         """Run one invocation (its JSON) in a forked child, once the server
@@ -315,9 +321,15 @@ class ForkServer:
 
     def close(self, grace: float = 10.0) -> None:
         """End of the run: no more requests; the server exits once its
-        children have (normally none are left)."""
+        children have (normally none are left). A server never asked to run
+        anything is stopped at once rather than left to finish an import."""
         proc = self._proc
         if proc is None:
+            return
+        with self._lock:
+            asked = self._next_id > 0
+        if not asked:
+            self.stop()
             return
         if proc.stdin is not None:
             try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -225,3 +226,35 @@ def test_a_node_says_it_is_done_itself_while_the_server_is_busy_importing(tmp_pa
         server.kill()
         server.wait()
         replies.close()
+
+
+def test_a_run_starts_its_fork_server_before_opening_the_store_and_stops_it_if_nothing_runs(tmp_path, monkeypatch):
+    from conveyor import forkserver
+    from conveyor.pipeline import runner as runner_module
+
+    events, servers = [], []
+    start, metadata = forkserver.ForkServer.start, runner_module.Metadata
+
+    def record_start(self):
+        if not servers or servers[-1] is not self:
+            events.append("server started")
+            servers.append(self)
+        return start(self)
+
+    def record_metadata(*args, **kwargs):
+        events.append("store opened")
+        return metadata(*args, **kwargs)
+
+    monkeypatch.setattr(forkserver.ForkServer, "start", record_start)
+    monkeypatch.setattr(runner_module, "Metadata", record_metadata)
+    first = change_tf_state()
+    pipeline = Pipeline("early", str(tmp_path / "root"), [first, read_tf_state(rows=first.outputs["rows"])])
+    LocalRunner(echo=lambda line: None).run(pipeline)
+    assert events == ["server started", "store opened"]
+    assert servers[0].returncode == 0  # asked to run nodes: it ended at the end of its input
+    events.clear()
+    cached = LocalRunner(echo=lambda line: None).run(pipeline)
+    assert {r.state for r in cached.nodes.values()} == {"CACHED"}
+    assert events == ["server started", "store opened"]
+    # Asked nothing: killed at the end of the run, not awaited while it imports TensorFlow.
+    assert servers[1].returncode == -signal.SIGKILL

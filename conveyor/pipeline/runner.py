@@ -218,6 +218,21 @@ class LocalRunner:
                 )
 
     def _run(self, pipeline: Pipeline, run_id: str, start: float) -> tuple[RunResult, NodeResult | None]:
+        forks = self._forks = forkserver.ForkServer(inherit_output=self.verbose) if self.launcher == "fork" else None
+        if forks is not None and any(c.KIND != "resolver" for c in pipeline.components):
+            # Now, from this thread (which lives as long as the run; see
+            # die_with_parent): its imports (~2 s) overlap opening the store
+            # and the first cache lookups. A run that launches nothing stops it.
+            forks.start()
+        try:
+            return self._run_started(pipeline, run_id, start)
+        except BaseException:
+            if forks is not None:
+                forks.stop()
+            raise
+
+    def _run_started(self, pipeline: Pipeline, run_id: str,
+                     start: float) -> tuple[RunResult, NodeResult | None]:
         md = Metadata(pipeline.metadata)
         pipeline_ctx = md.context("pipeline", pipeline.name)
         run_ctx = md.context("pipeline_run", run_id, pipeline_name=pipeline.name)
@@ -248,7 +263,6 @@ class LocalRunner:
         launchers = self._launchers = (_Launchers(self._children, spares=min(self.max_workers, 2),
                                                   inherit_output=self.verbose)
                                        if self.launcher == "process" else None)
-        self._forks = forkserver.ForkServer(inherit_output=self.verbose) if self.launcher == "fork" else None
 
         def expect() -> None:
             # How many more nodes may still need a launcher process: those not
