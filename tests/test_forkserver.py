@@ -39,6 +39,21 @@ def read_tf_state(rows: InputArtifact[Examples], model: OutputArtifact[Model]) -
                    "collects": gc.isenabled()}, f)
 
 
+@component
+def report_beam_io(model: OutputArtifact[Model]) -> None:
+    import sys
+
+    with open(os.path.join(model.uri, "seen.json"), "w") as f:
+        json.dump({"pid": os.getpid(), "tfma": "tensorflow_model_analysis" in sys.modules,
+                   "beam": "apache_beam" in sys.modules,
+                   "bigquery": "apache_beam.io.gcp.bigquery" in sys.modules}, f)
+
+
+# A first node that needs TFMA (as an Evaluator whose upstream is cached
+# does) brings Beam in before the server's list reaches it.
+report_beam_io.EXECUTOR_IMPORTS = ("tensorflow_model_analysis",)
+
+
 def _seen(artifact) -> dict:
     with open(os.path.join(artifact.uri, "seen.json")) as f:
         return json.load(f)
@@ -258,3 +273,11 @@ def test_a_run_starts_its_fork_server_before_opening_the_store_and_stops_it_if_n
     assert events == ["server started", "store opened"]
     # Asked nothing: killed at the end of the run, not awaited while it imports TensorFlow.
     assert servers[1].returncode == -signal.SIGKILL
+
+
+def test_a_first_node_whose_needs_bring_beam_in_finds_it_imported_without_bigquery(tmp_path):
+    result = LocalRunner(echo=lambda line: None).run(Pipeline("beamio", str(tmp_path / "root"), [report_beam_io()]))
+    seen = _seen(result.outputs("report_beam_io", "model")[0])
+    assert seen["pid"] != os.getpid()
+    assert seen["tfma"] and seen["beam"]  # imported by the server, for the node
+    assert not seen["bigquery"]  # deferred to its first use, as beam_tuning.import_beam does
