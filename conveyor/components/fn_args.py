@@ -9,6 +9,7 @@ A TFX module file runs once its `from tfx... import FnArgs` line becomes
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -199,7 +200,7 @@ def _parquet_dataset(patterns: list[str], options: Any, schema: Any) -> Any:
                          f"{sorted(type_specs)}")
     shuffle = bool(options.shuffle)
     block_rows = max(int(options.shuffle_buffer_size), 1) if shuffle else _UNSHUFFLED_BLOCK_ROWS
-    passes = iter(range(1 << 62))  # one per iteration of the generator: each pass reshuffles
+    passes = itertools.count()  # one per iteration of the generator: each pass reshuffles
 
     def blocks(rng: Any) -> Iterator[Any]:
         pending: list[Any] = []
